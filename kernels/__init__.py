@@ -1,0 +1,1 @@
+"""Triton kernels and their launch helpers (no torch.library or torch.compile knowledge)."""
