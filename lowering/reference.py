@@ -186,7 +186,8 @@ def entmax_forward(x: torch.Tensor, alpha: Alpha, dim: int = -1) -> torch.Tensor
     a = _alpha_keepdim(alpha, x.dim(), dim, cd)
     z = x.to(cd).movedim(dim, -1)
     a_last = a.movedim(dim, -1) if isinstance(a, torch.Tensor) else a
-    z = z * (a_last - 1.0)
+    # Work relative to the row max: tau + max would round away tau for huge |x| (e.g. finfo.min).
+    z, _, _ = _shift(z * (a_last - 1.0))
     with torch.no_grad():
         tau = threshold(z, a_last)
     return probabilities(z, tau, a_last).movedim(-1, dim).to(x.dtype)
