@@ -8,7 +8,8 @@ Oracles (all float64, dense, small sizes only):
 - ``dense_attention(q, k, v, ...)``: materialises the Nq x Nk scores with SDPA's conventions
   (repeat_interleave for GQA, ``torch.ones(Nq, Nk).tril()`` for is_causal) and applies a
   normaliser over the keys: ``bisect_entmax`` by default, or any differentiable one (the
-  ``entmax`` package) when a test needs autograd gradients.
+  ``entmax`` package) when a test needs autograd gradients. ``dense_scores`` gives those scores
+  (q, k with the same number of heads).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def bisect_entmax(x: torch.Tensor, alpha, dim: int = -1, iters: int = 200) -> to
     return torch.where(empty, torch.zeros_like(p), p)
 
 
-def _scores(q, k, attn_mask, is_causal, scale):
+def dense_scores(q, k, attn_mask=None, is_causal=False, scale=None):
     """s = scale q k^T + float mask, with -inf where a bool mask or causality excludes."""
     s = (q @ k.transpose(-1, -2)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
     if attn_mask is not None:
@@ -77,7 +78,7 @@ def dense_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, alpha=
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     if attn_mask is not None and attn_mask.is_floating_point():
         attn_mask = attn_mask.to(torch.float64)
-    s = _scores(q, k, attn_mask, is_causal, scale)
+    s = dense_scores(q, k, attn_mask, is_causal, scale)
     if isinstance(alpha, torch.Tensor):
         alpha = alpha.to(torch.float64).reshape(1, -1, 1, 1)
     if normalize is None:
@@ -91,4 +92,4 @@ def dense_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, alpha=
 @pytest.fixture
 def oracle():
     """The independent float64 oracles of this module."""
-    return SimpleNamespace(entmax=bisect_entmax, attention=dense_attention)
+    return SimpleNamespace(entmax=bisect_entmax, attention=dense_attention, scores=dense_scores)
