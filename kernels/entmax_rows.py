@@ -1,0 +1,225 @@
+"""Standalone alpha-entmax over the rows of a 2-D tensor: forward and backward kernels.
+
+Forward: z = (alpha - 1) x; t starts at max(z) - 1 (a lower bound of tau: the max alone gives
+p = 1 there) and ``threshold_step`` iterates to tau (see ``threshold.py``); p = [z - tau]_+^(1/(alpha-1)).
+A row of up to ``MAX_ON_CHIP`` elements is read once and written once; longer rows are streamed in
+chunks, one read per pass.
+
+Backward, with u = p^(2 - alpha) on the support, U = sum u and g the incoming gradient:
+dx = u (g - sum(u g) / U), and per row
+
+    dalpha = (sum g p - sum g u / U) / (alpha-1)^2 - (sum g p log p - (sum g u / U) H) / (alpha-1),
+
+H = sum p log p (the derivative of p with respect to alpha, contracted with g).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .threshold import entmax_power, threshold_stats, threshold_step
+
+MAX_ON_CHIP = 16384
+MAX_STEPS = 32
+
+
+@triton.jit
+def _row_alpha(Alpha, row, alpha, PER_ROW_ALPHA: tl.constexpr):
+    if PER_ROW_ALPHA:
+        return tl.load(Alpha + row).to(tl.float32)
+    else:
+        return alpha
+
+
+@triton.jit
+def _load_row(X, offs, N):
+    return tl.load(X + offs, mask=offs < N, other=float("-inf")).to(tl.float32)
+
+
+@triton.jit
+def adasplash_entmax_fwd(
+    X, P, Alpha, stride_x, stride_p, N, alpha,
+    ALPHA_MODE: tl.constexpr, PER_ROW_ALPHA: tl.constexpr, BLOCK: tl.constexpr,
+    ON_CHIP: tl.constexpr, MAX_STEPS: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = X + row * stride_x
+    p_row = P + row * stride_p
+    am1 = _row_alpha(Alpha, row, alpha, PER_ROW_ALPHA) - 1.0
+    k = 1.0 / am1
+    offs = tl.arange(0, BLOCK)[None, :]
+
+    if ON_CHIP:
+        z = am1 * _load_row(x_row, offs, N)
+        zmax = tl.max(z, 1)
+    else:
+        zmax = tl.full([1], float("-inf"), tl.float32)
+        for c in range(0, N, BLOCK):
+            zmax = tl.maximum(zmax, tl.max(am1 * _load_row(x_row + c, offs, N - c), 1))
+
+    empty = zmax == float("-inf")
+    t = tl.where(empty, float("inf"), zmax - 1.0)
+    lo = t
+    hi = zmax
+    prev = tl.full([1], -1.0, tl.float32)
+    done = empty
+    step = 0
+    while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
+        if ON_CHIP:
+            count, s1, s2 = threshold_stats(tl.maximum(z - t[:, None], 0.0), ALPHA_MODE, k)
+        else:
+            count = tl.zeros([1], tl.float32)
+            s1 = tl.zeros([1], tl.float32)
+            s2 = tl.zeros([1], tl.float32)
+            for c in range(0, N, BLOCK):
+                zc = am1 * _load_row(x_row + c, offs, N - c)
+                c0, c1, c2 = threshold_stats(tl.maximum(zc - t[:, None], 0.0), ALPHA_MODE, k)
+                count += c0
+                s1 += c1
+                s2 += c2
+        t, lo, hi, prev, done = threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE)
+        step += 1
+
+    if ON_CHIP:
+        p = entmax_power(tl.maximum(z - t[:, None], 0.0), k, ALPHA_MODE)
+        tl.store(p_row + offs, p.to(P.dtype.element_ty), mask=offs < N)
+    else:
+        for c in range(0, N, BLOCK):
+            zc = am1 * _load_row(x_row + c, offs, N - c)
+            p = entmax_power(tl.maximum(zc - t[:, None], 0.0), k, ALPHA_MODE)
+            tl.store(p_row + c + offs, p.to(P.dtype.element_ty), mask=offs < N - c)
+
+
+@triton.jit
+def _support_weight(p, a, ALPHA_MODE: tl.constexpr):
+    """u = p^(2 - alpha) on the support."""
+    if ALPHA_MODE == 1:
+        return tl.sqrt(p)
+    elif ALPHA_MODE == 2:
+        return (p > 0).to(tl.float32)
+    else:
+        return tl.where(p > 0, tl.exp2((2.0 - a) * tl.log2(tl.maximum(p, 1e-38))), 0.0)
+
+
+@triton.jit
+def _grad_sums(p, g, a, ALPHA_MODE: tl.constexpr, NEED_DALPHA: tl.constexpr):
+    """Row sums of u, u g and, for dalpha, g p, g p log p and p log p."""
+    u = _support_weight(p, a, ALPHA_MODE)
+    su = tl.sum(u, 1)
+    sug = tl.sum(u * g, 1)
+    if NEED_DALPHA:
+        plogp = tl.where(p > 0, p * tl.log(tl.maximum(p, 1e-38)), 0.0)
+        return su, sug, tl.sum(g * p, 1), tl.sum(g * plogp, 1), tl.sum(plogp, 1)
+    else:
+        return su, sug, su, su, su
+
+
+@triton.jit
+def adasplash_entmax_bwd(
+    G, P, DX, Alpha, DAlpha, stride_g, stride_p, stride_dx, N, alpha,
+    ALPHA_MODE: tl.constexpr, PER_ROW_ALPHA: tl.constexpr, NEED_DALPHA: tl.constexpr,
+    BLOCK: tl.constexpr, ON_CHIP: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    g_row = G + row * stride_g
+    p_row = P + row * stride_p
+    dx_row = DX + row * stride_dx
+    a = _row_alpha(Alpha, row, alpha, PER_ROW_ALPHA)
+    offs = tl.arange(0, BLOCK)[None, :]
+
+    if ON_CHIP:
+        p = tl.load(p_row + offs, mask=offs < N, other=0.0).to(tl.float32)
+        g = tl.load(g_row + offs, mask=offs < N, other=0.0).to(tl.float32)
+        su, sug, sgp, sgplogp, ent = _grad_sums(p, g, a, ALPHA_MODE, NEED_DALPHA)
+    else:
+        su = tl.zeros([1], tl.float32)
+        sug = tl.zeros([1], tl.float32)
+        sgp = tl.zeros([1], tl.float32)
+        sgplogp = tl.zeros([1], tl.float32)
+        ent = tl.zeros([1], tl.float32)
+        for c in range(0, N, BLOCK):
+            pc = tl.load(p_row + c + offs, mask=offs < N - c, other=0.0).to(tl.float32)
+            gc = tl.load(g_row + c + offs, mask=offs < N - c, other=0.0).to(tl.float32)
+            c0, c1, c2, c3, c4 = _grad_sums(pc, gc, a, ALPHA_MODE, NEED_DALPHA)
+            su += c0
+            sug += c1
+            sgp += c2
+            sgplogp += c3
+            ent += c4
+
+    delta = sug / tl.where(su > 0, su, 1.0)
+    if NEED_DALPHA:
+        am1 = a - 1.0
+        da = (sgp - delta) / (am1 * am1) - (sgplogp - delta * ent) / am1
+        tl.store(DAlpha + row + tl.arange(0, 1), da)
+
+    if ON_CHIP:
+        dx = _support_weight(p, a, ALPHA_MODE) * (g - delta[:, None])
+        tl.store(dx_row + offs, dx.to(DX.dtype.element_ty), mask=offs < N)
+    else:
+        for c in range(0, N, BLOCK):
+            pc = tl.load(p_row + c + offs, mask=offs < N - c, other=0.0).to(tl.float32)
+            gc = tl.load(g_row + c + offs, mask=offs < N - c, other=0.0).to(tl.float32)
+            dx = _support_weight(pc, a, ALPHA_MODE) * (gc - delta[:, None])
+            tl.store(dx_row + c + offs, dx.to(DX.dtype.element_ty), mask=offs < N - c)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch helpers: 2-D row-major views in, outputs allocated here. ``launch`` wraps each kernel
+# before it is indexed with its grid (identity when called directly; ``wrap_triton`` in an op).
+# ----------------------------------------------------------------------------------------------
+
+
+def alpha_mode(alpha: float, per_row: bool) -> int:
+    """1 for alpha = 1.5, 2 for alpha = 2 (closed forms), 0 otherwise."""
+    if per_row:
+        return 0
+    return {1.5: 1, 2.0: 2}.get(float(alpha), 0)
+
+
+def _row_config(N: int):
+    block = min(triton.next_power_of_2(max(N, 16)), MAX_ON_CHIP)
+    num_warps = 4 if block <= 2048 else (8 if block <= 8192 else 16)
+    return block, N <= block, num_warps
+
+
+def _identity(kernel):
+    return kernel
+
+
+def entmax_forward(x: torch.Tensor, alpha: float, row_alpha=None, launch=_identity) -> torch.Tensor:
+    """alpha-entmax over the last dim of a 2-D x (unit stride in the last dim).
+
+    row_alpha: None, or a float32 (rows,) tensor of per-row alphas (then ``alpha`` is ignored).
+    """
+    R, N = x.shape
+    p = torch.empty((R, N), dtype=x.dtype, device=x.device)
+    if R == 0 or N == 0:
+        return p
+    block, on_chip, num_warps = _row_config(N)
+    per_row = row_alpha is not None
+    launch(adasplash_entmax_fwd)[(R,)](
+        x, p, row_alpha if per_row else x, x.stride(0), p.stride(0), N, float(alpha),
+        ALPHA_MODE=alpha_mode(alpha, per_row), PER_ROW_ALPHA=per_row, BLOCK=block,
+        ON_CHIP=on_chip, MAX_STEPS=MAX_STEPS, num_warps=num_warps,
+    )
+    return p
+
+
+def entmax_backward(grad: torch.Tensor, p: torch.Tensor, alpha: float, row_alpha=None,
+                    need_dalpha: bool = False, launch=_identity):
+    """(dx, dalpha per row or None) for 2-D grad and p (unit stride in the last dim)."""
+    R, N = p.shape
+    dx = torch.empty((R, N), dtype=p.dtype, device=p.device)
+    dalpha = torch.empty((R,), dtype=torch.float32, device=p.device) if need_dalpha else None
+    if R == 0 or N == 0:
+        return dx, (dalpha.zero_() if need_dalpha else None)
+    block, on_chip, num_warps = _row_config(N)
+    per_row = row_alpha is not None
+    launch(adasplash_entmax_bwd)[(R,)](
+        grad, p, dx, row_alpha if per_row else p, dalpha if need_dalpha else dx,
+        grad.stride(0), p.stride(0), dx.stride(0), N, float(alpha),
+        ALPHA_MODE=alpha_mode(alpha, per_row), PER_ROW_ALPHA=per_row, NEED_DALPHA=need_dalpha,
+        BLOCK=block, ON_CHIP=on_chip, num_warps=num_warps,
+    )
+    return dx, dalpha

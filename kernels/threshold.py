@@ -1,0 +1,86 @@
+"""Triton helpers for the entmax threshold tau, shared by the row and attention kernels.
+
+Work in z = (alpha - 1) x. With d = [z - t]_+ and k = 1 / (alpha - 1), f(t) = sum_j d_j^k - 1 is
+decreasing in t and tau is its root. One pass at a trial t accumulates per row
+
+    count = #{d > 0},  s1, s2 = sum d, sum d^2           (alpha = 1.5 and 2: closed forms)
+    s1, s2 = sum d^(k-1), sum d^k                       (any other alpha: a Newton step)
+
+and ``threshold_step`` turns them into the next trial. For alpha = 1.5 the next t solves
+sum_{d>0} (d - delta)^2 = 1 on the support at t; for alpha = 2, sum_{d>0} (d - delta) = 1. Such a
+step is exact as soon as the support stops changing, so "same count as after the last closed-form
+step" proves t = tau (it may over- or undershoot before that). The stats at t need only the entries
+with z > t, so a pass may skip every tile whose maximum is <= t, whatever t is.
+
+ALPHA_MODE: 1 -> alpha = 1.5, 2 -> alpha = 2, 0 -> any other alpha (Newton kept inside a bracket).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def entmax_power(d, k, ALPHA_MODE: tl.constexpr):
+    """d^(1/(alpha-1)) for d >= 0 (0 at d = 0)."""
+    if ALPHA_MODE == 1:
+        return d * d
+    elif ALPHA_MODE == 2:
+        return d
+    else:
+        return tl.where(d > 0, tl.exp2(k * tl.log2(tl.maximum(d, 1e-38))), 0.0)
+
+
+@triton.jit
+def threshold_stats(d, ALPHA_MODE: tl.constexpr, k):
+    """Per-row (count, s1, s2) of a 2-D tile of d = [z - t]_+ (see the module docstring)."""
+    live = d > 0
+    count = tl.sum(live.to(tl.float32), 1)
+    if ALPHA_MODE == 1:
+        s1 = tl.sum(d, 1)
+        s2 = tl.sum(d * d, 1)
+    elif ALPHA_MODE == 2:
+        s1 = tl.sum(d, 1)
+        s2 = count
+    else:
+        pk = entmax_power(d, k, ALPHA_MODE)
+        s1 = tl.sum(tl.where(live, pk / tl.maximum(d, 1e-38), 0.0), 1)
+        s2 = tl.sum(pk, 1)
+    return count, s1, s2
+
+
+@triton.jit
+def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
+    """One update from the stats at t: returns (t, lo, hi, prev, converged) per row.
+
+    ``prev`` carries the support count of the last pass when that pass took an exact closed-form
+    step (else -1): an unchanged count then proves the current t is tau. For alpha = 1.5 the
+    closed form needs s1^2 >= n (s2 - 1); otherwise (too wide a support) a Newton step, which is
+    safe from the left on the convex f, is taken instead. Any other alpha: a Newton step kept
+    inside the bracket [lo, hi] (f(lo) >= 0 >= f(hi)), bisecting when it would leave it.
+    Rows with no admissible entry (count = 0, t = +inf) are done.
+    """
+    has = count > 0
+    safe = tl.where(has, count, 1.0)
+    if ALPHA_MODE == 1:
+        disc = s1 * s1 - count * (s2 - 1.0)
+        closed = disc >= 0
+        newton = (s2 - 1.0) / tl.where(s1 > 0, 2.0 * s1, 1.0)
+        delta = tl.where(closed, (s1 - tl.sqrt(tl.maximum(disc, 0.0))) / safe, newton)
+        new_t = t + delta
+        done = count == prev
+        prev = tl.where(closed, count, -1.0)
+    elif ALPHA_MODE == 2:
+        new_t = t + (s1 - 1.0) / safe
+        done = count == prev
+        prev = count
+    else:
+        f = s2 - 1.0
+        lo = tl.where(f >= 0, t, lo)
+        hi = tl.where(f < 0, t, hi)
+        newton = t + f / tl.where(s1 > 0, k * s1, 1.0)
+        inside = (newton > lo) & (newton < hi)
+        new_t = tl.where(inside, newton, 0.5 * (lo + hi))
+        done = tl.abs(new_t - t) <= 1e-6 * tl.maximum(tl.abs(t), 1.0)
+    done = done | (~has)
+    new_t = tl.where(has, new_t, t)
+    return new_t, lo, hi, prev, done
