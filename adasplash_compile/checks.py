@@ -41,9 +41,10 @@ def check_alpha(alpha, expected_shape: Optional[tuple] = None, name: str = "alph
                 raise ValueError(f"{name} of shape {shape} does not broadcast to the input shape "
                                  f"without the entmax dim, {broadcast_to}")
         if not _compiling():
-            bad = ~(alpha > 1)  # also catches NaN
+            bad = ~((alpha > 1) & torch.isfinite(alpha))  # also catches NaN
             if bool(bad.any()):
-                raise ValueError(f"{name} must be > 1 everywhere, got value {alpha[bad].flatten()[0].item()}")
+                raise ValueError(f"{name} must be finite and > 1 everywhere, got value "
+                                 f"{alpha[bad].flatten()[0].item()}")
         return
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise TypeError(f"{name} must be a float > 1 or a tensor, got {type(alpha).__name__}")
@@ -77,6 +78,8 @@ def check_attention_args(q, k, v, attn_mask, dropout_p, is_causal, scale, alpha,
         raise ValueError(f"key head_dim {k.shape[-1]} must equal query head_dim {D}")
     if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
         raise ValueError(f"key shape {tuple(k.shape)} and value shape {tuple(v.shape)} differ in heads or length")
+    if k.shape[2] == 0:
+        raise ValueError(f"key and value must hold at least one key, got key shape {tuple(k.shape)}")
     Hkv = k.shape[1]
     if Hkv != Hq:
         if not enable_gqa:
@@ -112,8 +115,12 @@ def check_mask(attn_mask, target: tuple) -> None:
 
 def check_entmax_args(x, alpha: Union[float, torch.Tensor], dim: int) -> None:
     check_float_tensor("x", x)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension, got a 0-d tensor")
     if isinstance(dim, bool) or not isinstance(dim, int) or not (-x.dim() <= dim < max(x.dim(), 1)):
         raise ValueError(f"dim must be an int in [{-x.dim()}, {x.dim()}), got {dim!r}")
+    if x.shape[dim] == 0:
+        raise ValueError(f"x must not be empty along dim {dim}, got shape {tuple(x.shape)}")
     rest = tuple(s for i, s in enumerate(x.shape) if i != dim % x.dim())
     if isinstance(alpha, torch.Tensor):
         check_same_device(x=x, alpha=alpha)
