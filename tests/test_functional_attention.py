@@ -246,3 +246,21 @@ def test_row_of_only_finfo_min_mask_is_uniform(dtype):
     mask[1] = torch.finfo(dtype).min
     out = ac.entmax_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(out[:, :, 1], v.mean(2), rtol=0, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_mixed_dtypes_gradients(oracle, dtype):
+    """Low-precision q, k, v with a float64 alpha and a float32 mask: gradients in each input's
+    dtype, close to autograd of the float64 oracle on the same values."""
+    q, k, v = _qkv(Hq=2, Nq=6, Nk=7, dtype=dtype, grad=True)
+    alpha = torch.tensor([1.3, 1.8], dtype=F64, requires_grad=True)
+    mask = torch.randn(6, 7, requires_grad=True)
+    out = ac.entmax_attention(q, k, v, attn_mask=mask, alpha=alpha)
+    exact = [t.detach().double().requires_grad_() for t in (q, k, v, alpha, mask)]
+    expected = oracle.attention(*exact[:3], attn_mask=exact[4], alpha=exact[3], normalize=_package_normalizer)
+    g = torch.randn(out.shape, dtype=F64)
+    got = torch.autograd.grad(out, (q, k, v, alpha, mask), g.to(dtype))
+    want = torch.autograd.grad(expected, exact, g)
+    assert [t.dtype for t in got] == [dtype] * 3 + [F64, torch.float32]
+    tol = {torch.float16: 2e-2, torch.bfloat16: 1e-1, torch.float32: 1e-4}[dtype]
+    torch.testing.assert_close([t.double() for t in got], want, rtol=tol, atol=tol)

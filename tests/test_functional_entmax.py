@@ -145,3 +145,19 @@ def test_half_precision_extreme_logits_stay_finite(oracle, dtype, alpha):
     torch.testing.assert_close(p.double().sum(-1), torch.ones(6, dtype=torch.float64), rtol=0, atol=4 * atol)
     p.backward(torch.randn_like(p))
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_mixed_dtypes_gradients(dtype):
+    """Low-precision x with a float32 alpha: gradients in each input's dtype, close to float64."""
+    x = _x(4, 12, dtype=dtype).requires_grad_()
+    alpha = torch.tensor([1.3, 1.5, 2.0, 2.5], requires_grad=True)
+    x64 = x.detach().double().requires_grad_()
+    alpha64 = alpha.detach().double().requires_grad_()
+    g = torch.randn(4, 12, dtype=torch.float64)
+    (ac.entmax(x, alpha=alpha).double() * g).sum().backward()
+    (entmax_pkg.entmax_bisect(x64, alpha64.unsqueeze(-1), n_iter=100) * g).sum().backward()
+    assert x.grad.dtype == dtype and alpha.grad.dtype == torch.float32
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(alpha.grad.double(), alpha64.grad, rtol=tol, atol=tol)
