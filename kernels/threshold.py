@@ -55,8 +55,10 @@ def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
     ``prev`` carries the support count of the last pass when that pass took an exact closed-form
     step (else -1): an unchanged count then proves the current t is tau. For alpha = 1.5 the
     closed form needs s1^2 >= n (s2 - 1); otherwise (too wide a support) a Newton step, which is
-    safe from the left on the convex f, is taken instead. Any other alpha: a Newton step kept
-    inside the bracket [lo, hi] (f(lo) >= 0 >= f(hi)), bisecting when it would leave it.
+    safe from the left on the convex f, is taken instead. Any other alpha: a Newton step on
+    g(t) = (sum d^k)^(1/k) - 1, nearly linear in t and convex for alpha <= 2 (a k-norm), so it
+    converges from the left in a few steps: delta = (F - F^(2 - alpha)) / sum d^(k-1), F = sum d^k.
+    It is kept inside the bracket [lo, hi] (f(lo) >= 0 >= f(hi)), bisecting when it would leave it.
     Rows with no admissible entry (count = 0, t = +inf) are done.
     """
     has = count > 0
@@ -77,8 +79,9 @@ def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
         f = s2 - 1.0
         lo = tl.where(f >= 0, t, lo)
         hi = tl.where(f < 0, t, hi)
-        newton = t + f / tl.where(s1 > 0, k * s1, 1.0)
-        inside = (newton > lo) & (newton < hi)
+        power = tl.exp2((1.0 - 1.0 / k) * tl.log2(tl.maximum(s2, 1e-30)))
+        newton = t + (s2 - power) / tl.where(s1 > 0, s1, 1.0)
+        inside = (newton >= lo) & (newton < hi)
         new_t = tl.where(inside, newton, 0.5 * (lo + hi))
         done = tl.abs(new_t - t) <= 1e-6 * tl.maximum(tl.abs(t), 1.0)
     done = done | (~has)
