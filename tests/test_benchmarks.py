@@ -1,0 +1,99 @@
+"""The benchmark harness on CPU at tiny sizes: the input generator, the exact block-sparsity
+measurement against a dense float64 oracle, and one smoke run with the files it writes."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import lowering  # noqa: F401  (registers torch.ops.adasplash)
+from benchmarks import inputs, report, run
+
+TILE = 64
+
+
+def _oracle_block_sparsity(oracle, q, k, causal, alpha=1.5):
+    """Dead / admissible 64x64 tiles from dense float64 bisection entmax, tile by tile."""
+    q64, k64 = q.double(), k.double()
+    s = q64 @ k64.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    n, m = s.shape[-2:]
+    if causal:
+        s = s.masked_fill(torch.ones(n, m).tril().logical_not(), -math.inf)
+    p = oracle.entmax(s, alpha)
+    dead = admissible = 0
+    for i in range(0, n, TILE):
+        for j in range(0, m, TILE):
+            tile_s, tile_p = s[..., i:i + TILE, j:j + TILE], p[..., i:i + TILE, j:j + TILE]
+            adm = torch.isfinite(tile_s).flatten(-2).any(-1)
+            live = (tile_p > 0).flatten(-2).any(-1)
+            dead += int((adm & ~live).sum())
+            admissible += int(adm.sum())
+    return dead, admissible
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("seq, a", [(200, 16.0), (256, 32.0)])
+def test_block_sparsity_matches_dense_oracle(oracle, causal, seq, a):
+    q, k, v = inputs.attention_inputs(2, 2, seq, 16, a, dtype=torch.float32, device="cpu", seed=seq)
+    dead, admissible = _oracle_block_sparsity(oracle, q, k, causal)
+    got = inputs.block_sparsity(q, k, causal=causal)
+    assert (got["dead_tiles"], got["admissible_tiles"]) == (dead, admissible)
+    assert got["block_sparsity"] == pytest.approx(dead / admissible)
+    assert 0 < dead < admissible, "a must give a partly sparse pattern"
+    _, tau, _ = torch.ops.adasplash.entmax_attention(q, k, v, None, 0.0, causal, None, 1.5, None, None)
+    assert inputs.block_sparsity(q, k, causal=causal, tau=tau) == got
+    rows = inputs.sample_tile_rows(seq, 2)
+    assert inputs.tau_error(q, k, tau, causal=causal, tile_rows=rows) < 1e-5
+    assert inputs.tau_error(q, k, tau + 0.25, causal=causal, tile_rows=rows) == pytest.approx(0.25, abs=1e-5)
+
+
+def test_rope_scores_depend_on_offset_only():
+    c1, c2 = torch.randn(2, 1, 32, dtype=torch.float64)
+    q, k = inputs.rope(c1.expand(40, 32)), inputs.rope(c2.expand(40, 32))
+    s = q @ k.T
+    torch.testing.assert_close(s[1:, 1:], s[:-1, :-1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q.norm(dim=-1), c1.norm().expand(40).to(q.dtype), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_calibration_hits_targets(causal):
+    shape = dict(heads=4, seq=512, head_dim=32)
+    for target in (0.0, 0.5, 0.8):
+        calib = inputs.calibrate(target, causal=causal, dtype=torch.bfloat16, device="cpu", seed=3, **shape)
+        q, k, _ = inputs.attention_inputs(2, shape["heads"], shape["seq"], shape["head_dim"], calib["a"],
+                                          dtype=torch.bfloat16, device="cpu", seed=3)
+        measured = inputs.block_sparsity(q, k, causal=causal)["block_sparsity"]
+        assert measured == pytest.approx(target, abs=0.1), calib
+        assert (calib["a"] == 0) == (target == 0)
+
+
+def test_smoke_run_writes_json_markdown_and_plot(tmp_path, capsys):
+    path = run.main(["--device", "cpu", "--smoke", "--out", str(tmp_path)])
+    data = json.loads(path.read_text())
+    assert {"card", "torch", "triton"} <= data["env"].keys() and data["env"]["torch"].split("+")[0] in path.name
+    assert len(data["attention"]) == 4 and len(data["entmax"]) == 4
+    for res in data["attention"]:
+        sp = res["sparsity"]
+        assert sp["admissible_tiles"] > 0 and 0 <= sp["block_sparsity"] < 1
+        assert sp["tau_source"] == "op" and sp["tau_max_abs_err_vs_reference"] < 1e-4
+        assert res["check"]["ours_finite"]
+        for impl in ("ours", "sdpa"):
+            for mode in ("fwd", "fwd_bwd"):
+                assert res["impls"][impl][mode]["ms"] > 0, (impl, mode, res["impls"][impl])
+        assert res["impls"]["adasplash"] == {"skipped": "needs CUDA"}
+    for res in data["entmax"]:
+        assert all(res["impls"][n]["fwd"]["ms"] > 0 for n in ("ours", "softmax", "copy"))
+        assert 0 < res["check"]["zero_fraction"] < 1 and res["check"]["max_row_sum_err"] < 1e-2
+    md = path.with_suffix(".md").read_text()
+    assert "| causal | 16 | 256 | 1 |" in md and "| float32 | 16x256 |" in md
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.summary(data) in capsys.readouterr().out
+
+
+def test_budget_stops_before_the_first_point(tmp_path):
+    path = run.main(["--device", "cpu", "--smoke", "--out", str(tmp_path), "--budget-s", "0"])
+    data = json.loads(path.read_text())
+    assert data["attention"] == [] and data["entmax"] == []
+    assert "after 0 of 8 points" in data["stopped"]
+    assert "Stopped early" in path.with_suffix(".md").read_text()
