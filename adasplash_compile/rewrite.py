@@ -1,0 +1,192 @@
+"""The FX pass: every attention site of a Dynamo graph becomes one ``entmax_attention`` call.
+
+``rewrite(gm, alpha, scope, index)`` finds the sites (``patterns``), decides which to rewrite
+(scope and ``sparse_attention`` markings), emits the op in place of each, and returns a
+``GraphReport``. New nodes copy the anchor's metadata and get fake ``example_value``s, as
+Dynamo's own nodes have.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Optional
+
+import torch
+from torch.fx import GraphModule, Node
+
+from . import patterns
+from .marking import enclosing
+from .patterns import Match, ModuleMatch, Operand, Skip
+from .report import GraphReport, Site
+from .spellings import example, parse
+
+_ANCHORS = {"softmax", "entmax", "sdpa", "mha", "encoder_layer_fastpath"}
+_META = ("nn_module_stack", "source_fn_stack", "stack_trace")
+
+
+class _Emitter:
+    """Inserts call_function nodes before ``before``, with the anchor's metadata."""
+
+    def __init__(self, gm: GraphModule, before: Node, anchor: Node):
+        self.gm, self.graph, self.before, self.anchor = gm, gm.graph, before, anchor
+        self.fake_mode = getattr(example(anchor), "fake_mode", None)
+        if self.fake_mode is None and isinstance(example(anchor), tuple):  # a module call's outputs
+            self.fake_mode = getattr(example(anchor)[0], "fake_mode", None)
+
+    def _meta(self, node: Node, value) -> Node:
+        for key in _META:
+            if key in self.anchor.meta:
+                node.meta[key] = self.anchor.meta[key]
+        if value is not None:
+            node.meta["example_value"] = value
+        return node
+
+    def _fake(self, fn):
+        if self.fake_mode is None:
+            return None
+        with self.fake_mode:
+            return fn()
+
+    def call(self, target, *args, **kwargs) -> Node:
+        with self.graph.inserting_before(self.before):
+            node = self.graph.call_function(target, args, kwargs)
+        value = self._fake(lambda: target(*torch.fx.node.map_arg(args, example),
+                                          **torch.fx.node.map_arg(kwargs, example)))
+        return self._meta(node, value)
+
+    def operand(self, op: Operand) -> Node:
+        node = op.node
+        for fn, args in op.views:
+            node = self.call(fn, node, *args)
+        return node
+
+
+def _combine(em: _Emitter, nodes: list, fn) -> Optional[Node]:
+    out = None
+    for n in nodes:
+        out = n if out is None else em.call(fn, out, n)
+    return out
+
+
+def _mask(em: _Emitter, plan: patterns.MaskPlan) -> Optional[Node]:
+    """bool keep-mask, additive float mask, or where(keep, float mask, -inf)."""
+    keeps = [c if keep_when else em.call(torch.logical_not, c) for c, keep_when in plan.keep]
+    keep = _combine(em, keeps, torch.logical_and)
+    add = _combine(em, plan.additive, operator.add)
+    if keep is not None and add is not None:
+        return em.call(torch.where, keep, add, -math.inf)
+    return keep if keep is not None else add
+
+
+def _alpha(em: _Emitter, alpha):
+    """(alpha float, head_alpha node or None) for the op."""
+    if isinstance(alpha, float):
+        return alpha, None
+    return 1.5, em.operand(alpha)
+
+
+def emit_attention(gm: GraphModule, m: Match) -> None:
+    em = _Emitter(gm, m.anchor, m.anchor)
+    q, k, v = em.operand(m.q), em.operand(m.k), em.operand(m.v)
+    mask = _mask(em, m.mask)
+    alpha, head_alpha = _alpha(em, m.alpha)
+    seed = None
+    if m.dropout_p > 0:
+        seed = em.call(torch.randint, 0, 2**31 - 1, (1,), dtype=torch.int64, device=example(q).device)
+    res = em.call(torch.ops.adasplash.entmax_attention.default, q, k, v, mask, float(m.dropout_p),
+                  m.is_causal, m.scale, alpha, head_alpha, seed)
+    out = em.call(operator.getitem, res, 0)
+    if m.mask.uniform_rows is not None:
+        # Rows the finite fill masks entirely are constant: softmax and entmax are uniform there.
+        fill = m.mask.uniform_rows
+        masked = fill.cond if fill.masked_when else em.call(torch.logical_not, fill.cond)
+        all_masked = em.call(torch.all, masked, -1, keepdim=True)
+        v_mean = em.call(torch.mean, em.operand(m.v_full), -2, keepdim=True)
+        out = em.call(torch.where, all_masked, em.call(torch.Tensor.to, v_mean, example(out).dtype), out)
+    for fn, args in m.out_views:
+        out = em.call(fn, out, *args)
+    want = example(m.anchor).dtype
+    if example(out).dtype != want:
+        out = em.call(torch.Tensor.to, out, want)
+    m.anchor.replace_all_uses_with(out)
+    _erase_unused(gm, m.nodes)
+
+
+def emit_module_call(gm: GraphModule, m: ModuleMatch) -> None:
+    em = _Emitter(gm, m.anchor, m.anchor)
+    alpha, head_alpha = _alpha(em, m.alpha)
+    node = em.call(m.target, *m.anchor.args, **m.anchor.kwargs, alpha=alpha, head_alpha=head_alpha)
+    m.anchor.replace_all_uses_with(node)
+    _erase_unused(gm, [m.anchor])
+
+
+def _erase_unused(gm: GraphModule, nodes: list) -> None:
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for n in sorted(set(nodes), key=lambda n: -order.get(n, -1)):
+        if n in order and not n.users:
+            gm.graph.erase_node(n)
+
+
+def _describe_alpha(alpha) -> str:
+    if isinstance(alpha, float):
+        return f"{alpha:g}"
+    return f"tensor{tuple(example(alpha.node).shape)}"
+
+
+def rewrite(gm: GraphModule, alpha: float = 1.5, scope: str = "all", index: int = 0) -> GraphReport:
+    """Rewrite the attention sites of ``gm`` in place; returns what was found."""
+    before = gm.print_readable(print_output=False)
+    markers = [n for n in gm.graph.nodes if getattr(parse(n), "kind", None) == "head_alpha"]
+    marked_alphas = {enclosing(n)[2]: n.args[0] for n in markers}
+    sites = []
+    for node in list(gm.graph.nodes):
+        if node.graph is not gm.graph:  # erased by an earlier rewrite
+            continue
+        call = parse(node)
+        if call is None or call.kind not in _ANCHORS:
+            continue
+        sites.append(_site(gm, call, alpha, scope, index, marked_alphas))
+    _erase_unused(gm, markers)
+    if markers or any(s.rewritten for s in sites):
+        gm.graph.lint()
+        gm.recompile()
+    return GraphReport(index, before, gm.print_readable(print_output=False), sites)
+
+
+def _site(gm: GraphModule, call, default_alpha: float, scope: str, index: int,
+          marked_alphas: dict) -> Site:
+    marking, marked, path, module_type = enclosing(call.node)
+    where = path or "the top level"
+    alpha = default_alpha
+    if marking is not None and isinstance(marking.alpha, float):
+        alpha = marking.alpha
+    elif marking is not None and marking.alpha is not None:
+        alpha = patterns.MarkedAlpha(marked_alphas[marked]) if marked in marked_alphas else None
+    pattern = {"softmax": "softmax", "entmax": "entmax", "sdpa": "sdpa", "mha": "multi_head_attention_forward",
+               "encoder_layer_fastpath": "transformer_encoder_layer_fwd"}[call.kind]
+    info = dict(graph=index, node=call.node.name, module=path, module_type=module_type)
+    if marking is not None and not marking.enabled:
+        return Site(**info, pattern=pattern, rewritten=False,
+                    reason=f"excluded by sparse_attention(enabled=False) on {where}")
+    if scope == "marked" and marking is None:
+        return Site(**info, pattern=pattern, rewritten=False,
+                    reason="not inside a module marked with sparse_attention (scope='marked')")
+    try:
+        if alpha is None:
+            raise Skip(f"the alpha tensor of sparse_attention on {marked} is not in this graph "
+                       f"(a graph break between the module's start and its attention?)")
+        if call.kind in ("mha", "encoder_layer_fastpath"):
+            m = patterns.match_module_call(call, alpha, where)
+        elif call.kind == "sdpa":
+            m = patterns.match_sdpa(call, alpha, where)
+        else:
+            m = patterns.match_normalizer(call, alpha, where)
+    except Skip as skip:
+        return Site(**info, pattern=pattern, rewritten=False, reason=str(skip))
+    if isinstance(m, ModuleMatch):
+        emit_module_call(gm, m)
+        return Site(**info, pattern=m.pattern, rewritten=True, alpha=_describe_alpha(m.alpha))
+    emit_attention(gm, m)
+    return Site(**info, pattern=m.pattern, rewritten=True, alpha=_describe_alpha(m.alpha),
+                mask=m.mask.kind(m.is_causal), dropout=m.dropout_p)
