@@ -54,7 +54,6 @@ def entmax_attention(
     head_alpha = alpha if isinstance(alpha, torch.Tensor) else None
     alpha_f = 1.5 if head_alpha is not None else float(alpha)
     scale_f = None if scale is None else float(scale)
-    out, _, _ = torch.ops.adasplash.entmax_attention(
+    return torch.ops.adasplash.entmax_attention(
         query, key, value, attn_mask, float(dropout_p), is_causal, scale_f, alpha_f, head_alpha, seed
-    )
-    return out
+    )[0]

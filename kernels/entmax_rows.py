@@ -98,7 +98,7 @@ def _support_weight(p, a, ALPHA_MODE: tl.constexpr):
     elif ALPHA_MODE == 2:
         return (p > 0).to(tl.float32)
     else:
-        return tl.where(p > 0, tl.exp2((2.0 - a) * tl.log2(tl.maximum(p, 1e-38))), 0.0)
+        return tl.where(p > 0, tl.exp2((2.0 - a) * tl.log2(tl.maximum(p, 1e-30))), 0.0)
 
 
 @triton.jit
@@ -108,7 +108,7 @@ def _grad_sums(p, g, a, ALPHA_MODE: tl.constexpr, NEED_DALPHA: tl.constexpr):
     su = tl.sum(u, 1)
     sug = tl.sum(u * g, 1)
     if NEED_DALPHA:
-        plogp = tl.where(p > 0, p * tl.log(tl.maximum(p, 1e-38)), 0.0)
+        plogp = tl.where(p > 0, p * tl.log(tl.maximum(p, 1e-30)), 0.0)
         return su, sug, tl.sum(g * p, 1), tl.sum(g * plogp, 1), tl.sum(plogp, 1)
     else:
         return su, sug, su, su, su

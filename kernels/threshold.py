@@ -27,7 +27,7 @@ def entmax_power(d, k, ALPHA_MODE: tl.constexpr):
     elif ALPHA_MODE == 2:
         return d
     else:
-        return tl.where(d > 0, tl.exp2(k * tl.log2(tl.maximum(d, 1e-38))), 0.0)
+        return tl.where(d > 0, tl.exp2(k * tl.log2(tl.maximum(d, 1e-30))), 0.0)
 
 
 @triton.jit
@@ -43,7 +43,7 @@ def threshold_stats(d, ALPHA_MODE: tl.constexpr, k):
         s2 = count
     else:
         pk = entmax_power(d, k, ALPHA_MODE)
-        s1 = tl.sum(tl.where(live, pk / tl.maximum(d, 1e-38), 0.0), 1)
+        s1 = tl.sum(tl.where(live, pk / tl.maximum(d, 1e-30), 0.0), 1)
         s2 = tl.sum(pk, 1)
     return count, s1, s2
 

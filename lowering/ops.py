@@ -4,7 +4,8 @@ Public ops (what the FX pass and the eager functions call):
 
 - ``adasplash::entmax(x, alpha, alpha_tensor, dim) -> p``
 - ``adasplash::entmax_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, alpha,
-  head_alpha, dropout_seed) -> (out, tau, tile_max)``
+  head_alpha, dropout_seed) -> (out, tau, row_max, tile_max)`` (see ``reference.attention_forward``
+  for the saved statistics)
 - their backward ops ``entmax_backward`` and ``entmax_attention_backward``.
 
 Each public op is a ``triton_op`` so that Inductor traces it: on CUDA, into the adasplash Triton
@@ -63,14 +64,15 @@ def _(grad, p, alpha, alpha_tensor, dim, need_alpha_grad):
 
 
 def attention_output_fakes(q: Tensor, k: Tensor, v: Tensor):
-    """Empty (out, tau, tile_max) with the shapes, dtypes and (contiguous) strides of the op."""
+    """Empty (out, tau, row_max, tile_max) with the shapes, dtypes and contiguous strides of the op."""
     B, Hq, Nq, _ = q.shape
     Nk = k.shape[2]
     stat = reference.compute_dtype(q.dtype)
     out = q.new_empty((B, Hq, Nq, v.shape[-1]))
     tau = q.new_empty((B, Hq, Nq), dtype=stat)
+    row_max = q.new_empty((B, Hq, Nq), dtype=stat)
     tile_max = q.new_empty((B, Hq, (Nq + TILE - 1) // TILE, (Nk + TILE - 1) // TILE), dtype=stat)
-    return out, tau, tile_max
+    return out, tau, row_max, tile_max
 
 
 @custom_op("adasplash::entmax_attention_reference", mutates_args=())
@@ -78,7 +80,7 @@ def entmax_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], dropout_p: float,
     is_causal: bool, scale: Optional[float], alpha: float, head_alpha: Optional[Tensor],
     dropout_seed: Optional[Tensor],
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return reference.attention_forward(
         q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha, dropout_seed
     )
@@ -98,19 +100,19 @@ def attention_grad_fakes(q, k, v, attn_mask, head_alpha, need_mask_grad, need_al
 
 @custom_op("adasplash::entmax_attention_backward_reference", mutates_args=())
 def entmax_attention_backward_reference(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, tau: Tensor, attn_mask: Optional[Tensor],
-    dropout_p: float, is_causal: bool, scale: Optional[float], alpha: float,
-    head_alpha: Optional[Tensor], dropout_seed: Optional[Tensor], need_mask_grad: bool,
-    need_alpha_grad: bool,
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, tau: Tensor, row_max: Tensor,
+    attn_mask: Optional[Tensor], dropout_p: float, is_causal: bool, scale: Optional[float],
+    alpha: float, head_alpha: Optional[Tensor], dropout_seed: Optional[Tensor],
+    need_mask_grad: bool, need_alpha_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return reference.attention_backward(
-        grad_out, q, k, v, tau, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
+        grad_out, q, k, v, tau, row_max, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
         dropout_seed, need_mask_grad, need_alpha_grad,
     )
 
 
 @entmax_attention_backward_reference.register_fake
-def _(grad_out, q, k, v, tau, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
+def _(grad_out, q, k, v, tau, row_max, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
       dropout_seed, need_mask_grad, need_alpha_grad):
     return attention_grad_fakes(q, k, v, attn_mask, head_alpha, need_mask_grad, need_alpha_grad)
 
@@ -146,8 +148,8 @@ def entmax_attention(
     q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
     is_causal: bool = False, scale: Optional[float] = None, alpha: float = 1.5,
     head_alpha: Optional[Tensor] = None, dropout_seed: Optional[Tensor] = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(out, tau, tile_max) of alpha-entmax attention (DESIGN.md section 1)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(out, tau, row_max, tile_max) of alpha-entmax attention (DESIGN.md section 1)."""
     args = (q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha, dropout_seed)
     if routing.use_triton_attention(*args):
         return routing.triton_attention(*args)
@@ -156,8 +158,8 @@ def entmax_attention(
 
 @triton_op("adasplash::entmax_attention_backward", mutates_args=())
 def entmax_attention_backward(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, tau: Tensor, tile_max: Tensor,
-    attn_mask: Optional[Tensor], dropout_p: float, is_causal: bool, scale: Optional[float],
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, tau: Tensor, row_max: Tensor,
+    tile_max: Tensor, attn_mask: Optional[Tensor], dropout_p: float, is_causal: bool, scale: Optional[float],
     alpha: float, head_alpha: Optional[Tensor], dropout_seed: Optional[Tensor],
     need_mask_grad: bool, need_alpha_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -165,12 +167,12 @@ def entmax_attention_backward(
     fwd_args = (q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha, dropout_seed)
     if routing.use_triton_attention(*fwd_args):
         return routing.triton_attention_backward(
-            grad_out, q, k, v, tau, tile_max, attn_mask, dropout_p, is_causal, scale, alpha,
+            grad_out, q, k, v, tau, row_max, tile_max, attn_mask, dropout_p, is_causal, scale, alpha,
             head_alpha, dropout_seed, need_mask_grad, need_alpha_grad,
         )
     return torch.ops.adasplash.entmax_attention_backward_reference(
-        grad_out, q, k, v, tau, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
-        dropout_seed, need_mask_grad, need_alpha_grad,
+        grad_out, q, k, v, tau, row_max, attn_mask, dropout_p, is_causal, scale, alpha,
+        head_alpha, dropout_seed, need_mask_grad, need_alpha_grad,
     )
 
 
@@ -199,17 +201,17 @@ entmax.register_autograd(_entmax_grad, setup_context=_entmax_setup)
 
 def _attention_setup(ctx, inputs, output):
     q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha, dropout_seed = inputs
-    _, tau, tile_max = output
+    _, tau, row_max, tile_max = output
     ctx.dropout_p, ctx.is_causal, ctx.scale, ctx.alpha = dropout_p, is_causal, scale, alpha
-    ctx.save_for_backward(q, k, v, tau, tile_max, attn_mask, head_alpha, dropout_seed)
+    ctx.save_for_backward(q, k, v, tau, row_max, tile_max, attn_mask, head_alpha, dropout_seed)
 
 
-def _attention_grad(ctx, grad_out, _grad_tau, _grad_tile_max):
-    q, k, v, tau, tile_max, attn_mask, head_alpha, dropout_seed = ctx.saved_tensors
+def _attention_grad(ctx, grad_out, _grad_tau, _grad_row_max, _grad_tile_max):
+    q, k, v, tau, row_max, tile_max, attn_mask, head_alpha, dropout_seed = ctx.saved_tensors
     need_mask = attn_mask is not None and attn_mask.is_floating_point() and ctx.needs_input_grad[3]
     need_alpha = head_alpha is not None and ctx.needs_input_grad[8]
     dq, dk, dv, dalpha, dmask = torch.ops.adasplash.entmax_attention_backward(
-        grad_out, q, k, v, tau, tile_max, attn_mask, ctx.dropout_p, ctx.is_causal, ctx.scale,
+        grad_out, q, k, v, tau, row_max, tile_max, attn_mask, ctx.dropout_p, ctx.is_causal, ctx.scale,
         ctx.alpha, head_alpha, dropout_seed, need_mask, need_alpha,
     )
     return (

@@ -11,6 +11,10 @@ Jacobian-vector product is dx = u * (g - sum(u g) / sum(u)), and
 
 with uh = u / sum(u) and H = sum_j p_j log p_j. Entries equal to -inf are excluded; a row with no
 finite entry gets p = 0 and tau = +inf. Half-precision inputs are computed in float32.
+
+Everything works relative to the row max m: z = (alpha - 1)(x - m) has max 0, and the tau saved by
+attention is relative too (tau_rel = tau - (alpha - 1) m, in [-1, 0]). Absolute values would round
+tau away for huge |x| (rows of finfo.min masks).
 """
 
 from __future__ import annotations
@@ -39,16 +43,18 @@ def _is_const(alpha: Alpha, value: float) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Threshold tau over the last axis of z = (alpha - 1) x.
+# Threshold tau over the last axis of z = (alpha - 1)(x - max x).
 # ----------------------------------------------------------------------------------------------
 
 
-def _shift(z: torch.Tensor):
-    """Subtract the row max (kept finite for empty rows) so that max(z) = 0."""
-    zmax = z.amax(-1, keepdim=True)
-    empty = torch.isneginf(zmax)
-    zmax = torch.where(empty, torch.zeros_like(zmax), zmax)
-    return z - zmax, zmax, empty
+def relative_scores(x: torch.Tensor, alpha: Alpha, m: Optional[torch.Tensor] = None):
+    """(z, m): z = (alpha - 1)(x - m) over the last axis with m the row max (keepdim; computed
+    unless given). m is -inf for rows with no finite entry; z then stays -inf there.
+    """
+    if m is None:
+        m = x.amax(-1, keepdim=True)
+    shift = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    return (x - shift) * (alpha - 1.0), m
 
 
 def _sorted_prefix(z: torch.Tensor):
@@ -112,17 +118,20 @@ def _tau_newton(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
 def threshold(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     """tau (keepdim over the last axis) for z = (alpha - 1) x; +inf for rows with no finite entry.
 
-    alpha is a float or a tensor broadcastable to z.shape[:-1] + (1,).
+    Solved relative to the row max (a no-op for ``relative_scores``, whose max is 0).
+    alpha: a float or a tensor broadcastable to z[..., :1].
     """
-    zs, zmax, empty = _shift(z)
+    zmax = z.amax(-1, keepdim=True)
+    empty = torch.isneginf(zmax)
+    zmax = torch.where(empty, torch.zeros_like(zmax), zmax)
+    zs = z - zmax
     if _is_const(alpha, 2.0):
         tau = _tau_sparsemax(zs)
     elif _is_const(alpha, 1.5):
         tau = _tau_entmax15(zs)
     else:
         tau = _tau_newton(zs, alpha)
-    tau = tau + zmax
-    return torch.where(empty, torch.full_like(tau, math.inf), tau)
+    return torch.where(empty, torch.full_like(tau, math.inf), tau + zmax)
 
 
 def probabilities(z: torch.Tensor, tau: torch.Tensor, alpha: Alpha) -> torch.Tensor:
@@ -184,10 +193,8 @@ def entmax_forward(x: torch.Tensor, alpha: Alpha, dim: int = -1) -> torch.Tensor
     """alpha-entmax of x along dim."""
     cd = compute_dtype(x.dtype)
     a = _alpha_keepdim(alpha, x.dim(), dim, cd)
-    z = x.to(cd).movedim(dim, -1)
     a_last = a.movedim(dim, -1) if isinstance(a, torch.Tensor) else a
-    # Work relative to the row max: tau + max would round away tau for huge |x| (e.g. finfo.min).
-    z, _, _ = _shift(z * (a_last - 1.0))
+    z, _ = relative_scores(x.to(cd).movedim(dim, -1), a_last)
     with torch.no_grad():
         tau = threshold(z, a_last)
     return probabilities(z, tau, a_last).movedim(-1, dim).to(x.dtype)
@@ -299,22 +306,25 @@ def attention_forward(
     q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, alpha=1.5,
     head_alpha=None, dropout_seed=None,
 ):
-    """(out, tau, tile_max) of entmax attention; see DESIGN.md section 1 for the semantics.
+    """(out, tau, row_max, tile_max) of entmax attention (DESIGN.md section 1).
 
-    tau: (B, Hq, Nq), +inf for rows with no admissible key. tile_max: (B, Hq, ceil(Nq/TILE),
-    ceil(Nk/TILE)), the max of s over each tile (-inf where all excluded); a tile can hold a
-    nonzero p only where (alpha - 1) * tile_max > min(tau over its rows).
+    With s the masked scaled scores: row_max (B, Hq, Nq) is max_j s_ij (-inf for rows with no
+    admissible key), tau (B, Hq, Nq) the threshold relative to it, p = [(alpha-1)(s - row_max) -
+    tau]_+^(1/(alpha-1)) (+inf for empty rows). tile_max (B, Hq, ceil(Nq/TILE), ceil(Nk/TILE)) is
+    the max of s over each TILE x TILE tile (-inf where all excluded): a tile holds a nonzero p
+    only if tile_max > row_max + tau / (alpha - 1) for one of its rows.
     """
     P = _Problem(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha)
     seed = _seed(dropout_p, dropout_seed)
     out = q.new_empty(P.B, P.Hq, P.Nq, v.shape[-1])
     tau = q.new_empty((P.B, P.Hq, P.Nq), dtype=P.cd)
+    row_max = torch.empty_like(tau)
     tmax = q.new_empty((P.B, P.Hq, -(-P.Nq // TILE), -(-P.Nk // TILE)), dtype=P.cd)
     a = P.alpha
     with torch.no_grad():
         for r0, r1 in P.blocks():
             s = P.scores(r0, r1)
-            z = s * (a - 1.0)
+            z, m = relative_scores(s, a)
             t = threshold(z, a)
             p = probabilities(z, t, a)
             if dropout_p > 0:
@@ -322,15 +332,17 @@ def attention_forward(
             o = torch.matmul(p, P.v.to(P.cd))
             out[:, :, r0:r1] = o.flatten(1, 2).to(out.dtype)
             tau[:, :, r0:r1] = t.squeeze(-1).flatten(1, 2)
+            row_max[:, :, r0:r1] = m.squeeze(-1).flatten(1, 2)
             tmax[:, :, r0 // TILE: -(-r1 // TILE)] = P.tile_max(s)
-    return out, tau, tmax
+    return out, tau, row_max, tmax
 
 
 def attention_backward(
-    grad_out, q, k, v, tau, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+    grad_out, q, k, v, tau, row_max, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
     alpha=1.5, head_alpha=None, dropout_seed=None, need_mask_grad=False, need_alpha_grad=False,
 ):
-    """(dq, dk, dv, dalpha, dmask) of entmax attention, recomputing p from tau block by block.
+    """(dq, dk, dv, dalpha, dmask) of entmax attention, recomputing p from (tau, row_max) block
+    by block.
 
     dS = u * (dP - delta) with dP = dO v^T (dropout applied), u = p^(2-alpha) and
     delta = sum(u dP) / sum(u); dq = scale dS k, dk = scale dS^T q, dv = p^T dO.
@@ -350,9 +362,10 @@ def attention_backward(
     kc, vc = P.k.to(cd), P.v.to(cd)
     with torch.no_grad():
         for r0, r1 in P.blocks():
-            s = P.scores(r0, r1)
-            z = s * (a - 1.0)
-            t = tau[:, :, r0:r1].unflatten(1, (P.Hkv, P.G)).unsqueeze(-1).to(cd)
+            rows = (slice(None), slice(None), slice(r0, r1))
+            m = row_max[rows].unflatten(1, (P.Hkv, P.G)).unsqueeze(-1).to(cd)
+            z, _ = relative_scores(P.scores(r0, r1), a, m)
+            t = tau[rows].unflatten(1, (P.Hkv, P.G)).unsqueeze(-1).to(cd)
             p = probabilities(z, t, a)
             dob = do[..., r0:r1, :].to(cd)
             dp = torch.matmul(dob, vc.transpose(-1, -2))

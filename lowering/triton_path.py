@@ -53,10 +53,10 @@ def attention_forward(q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, he
     )
 
 
-def attention_backward(grad_out, q, k, v, tau, tile_max, attn_mask, dropout_p, is_causal, scale,
+def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, dropout_p, is_causal, scale,
                        alpha, head_alpha, dropout_seed, need_mask_grad, need_alpha_grad):
     # The Triton backward kernels are not written yet: the reference backward, on the GPU.
     return torch.ops.adasplash.entmax_attention_backward_reference(
-        grad_out, q, k, v, tau, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
+        grad_out, q, k, v, tau, row_max, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
         dropout_seed, need_mask_grad, need_alpha_grad,
     )

@@ -1,4 +1,5 @@
-"""The ``adasplash`` torch.library ops: ``opcheck`` on each, and the attention op's tau / tile_max.
+"""The ``adasplash`` torch.library ops: ``opcheck`` on each, and the attention op's saved statistics
+(tau, row_max, tile_max).
 
 opcheck runs the op for real and under fake tensors (shapes, dtypes and strides must agree),
 checks the schema and the autograd registration, and traces it with AOTAutograd (dynamic shapes).
@@ -101,17 +102,18 @@ def test_opcheck_entmax_attention(case):
 @pytest.mark.parametrize("case", ATTENTION_CASES)
 def test_opcheck_entmax_attention_backward(case):
     q, k, v, mask, dropout_p, causal, scale, alpha, head_alpha, seed = _attention_case(case)
-    out, tau, tile_max = ops.entmax_attention(q, k, v, mask, dropout_p, causal, scale, alpha, head_alpha, seed)
+    out, tau, row_max, tile_max = ops.entmax_attention(q, k, v, mask, dropout_p, causal, scale, alpha,
+                                                       head_alpha, seed)
     grad_out = torch.randn_like(out)
     need_mask = mask is not None and mask.is_floating_point()
     for flags in {(False, False), (need_mask, head_alpha is not None)}:
         _opcheck(ops.entmax_attention_backward.default,
-                 (grad_out, q, k, v, tau, tile_max, mask, dropout_p, causal, scale, alpha, head_alpha,
-                  seed, *flags))
+                 (grad_out, q, k, v, tau, row_max, tile_max, mask, dropout_p, causal, scale, alpha,
+                  head_alpha, seed, *flags))
 
 
 # ----------------------------------------------------------------------------------------------
-# tau and tile_max, the attention op's statistics for the kernels.
+# tau, row_max and tile_max, the attention op's statistics for the kernels.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -126,28 +128,33 @@ def _tiles_max(s):
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("alpha", [1.5, "per-head", 2.0])
 def test_tau_and_tile_max(oracle, is_causal, alpha):
-    """tau = (alpha-1) max_j s_j - p_max^(alpha-1) (+inf on dead rows); tile_max = max s per tile."""
+    """row_max = max_j s_j; tau = -p_max^(alpha-1), relative to (alpha-1) row_max (+inf on dead rows);
+    tile_max = max s per tile."""
     B, H, Nq, Nk = 1, 2, 70, 150
     q, k, v = (torch.randn(B, H, n, 4, dtype=F64) * 2 for n in (Nq, Nk, Nk))
     mask = torch.randn(1, H, Nq, Nk, dtype=F64)
     mask[..., 5, :] = -math.inf
     mask[..., 64:, :80] = -math.inf  # whole tiles excluded
     a = torch.tensor([1.3, 2.2], dtype=F64) if alpha == "per-head" else alpha
-    out, tau, tile_max = ops.entmax_attention(q, k, v, mask, 0.0, is_causal, None, 1.5 if alpha == "per-head"
-                                              else alpha, a if alpha == "per-head" else None, None)
+    out, tau, row_max, tile_max = ops.entmax_attention(
+        q, k, v, mask, 0.0, is_causal, None, 1.5 if alpha == "per-head" else alpha,
+        a if alpha == "per-head" else None, None)
     s = oracle.scores(q, k, mask, is_causal)
     am1 = (a.view(1, H, 1) if alpha == "per-head" else torch.tensor(a)) - 1
     p = oracle.entmax(s, am1 + 1)
     smax = s.amax(-1)
-    expected_tau = torch.where(smax > -math.inf, am1 * smax - p.amax(-1) ** am1, math.inf)
+    expected_tau = torch.where(smax > -math.inf, -p.amax(-1) ** am1, math.inf)
     assert torch.isinf(expected_tau[..., 5]).all()
     torch.testing.assert_close(tau, expected_tau, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(row_max, smax, rtol=0, atol=0)
     torch.testing.assert_close(tile_max, _tiles_max(s), rtol=0, atol=0)
 
-    # The promise the kernels rely on: a tile below its rows' smallest tau holds no weight.
-    tau_rows = torch.nn.functional.pad(tau, (0, -Nq % TILE), value=math.inf)
-    tau_min = tau_rows.unflatten(-1, (-1, TILE)).amin(-1).unsqueeze(-1)
-    dead = (am1.unsqueeze(-1) * tile_max) <= tau_min
+    # The promise the kernels rely on: a tile whose max is at most the smallest threshold of its
+    # rows, in units of s (row_max + tau / (alpha - 1)), holds no weight.
+    thr = torch.where(torch.isinf(tau), math.inf, row_max + tau / am1)
+    thr_rows = torch.nn.functional.pad(thr, (0, -Nq % TILE), value=math.inf)
+    thr_min = thr_rows.unflatten(-1, (-1, TILE)).amin(-1).unsqueeze(-1)
+    dead = tile_max <= thr_min
     assert dead.any() and not dead.all()
     live_p = _tiles_max(p.masked_fill(p == 0, -math.inf)) > -math.inf
     assert not (dead & live_p).any()
