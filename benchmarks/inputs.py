@@ -68,7 +68,8 @@ def _row_ranges(n: int, rows_per_chunk: int, tile_rows: Optional[Iterable[int]])
 
 
 def _scaled_scores(qf: torch.Tensor, kf: torch.Tensor, r0: int, causal: bool, alpha: float):
-    """z = (alpha - 1) q k^T / sqrt(D) for the rows of qf (starting at row r0), -inf where causality excludes."""
+    """z = (alpha - 1) q k^T / sqrt(D) for the rows of qf (the first being row r0), -inf where
+    causality excludes."""
     z = (qf @ kf.transpose(-1, -2)) * ((alpha - 1) / math.sqrt(qf.shape[-1]))
     if causal:
         rows = torch.arange(r0, r0 + qf.shape[-2], device=z.device)[:, None]

@@ -105,9 +105,9 @@ def markdown(data: dict) -> str:
     if data["attention"]:
         for mode in ("fwd", "fwd_bwd"):
             lines += attention_table(data, mode) + [""]
-        lines += ["Inputs: q, k = rope(a c + noise), a calibrated per target (see the JSON); block sparsity "
-                  "measured exactly over all 64x64 tiles. Peak memory: max_memory_allocated delta of one call.",
-                  ""]
+        lines += ["Inputs: q, k = rope(a c + noise), a calibrated per target (see the JSON); block "
+                  "sparsity measured exactly over all 64x64 tiles. Peak memory: max_memory_allocated "
+                  "delta of one call.", ""]
     if data["entmax"]:
         lines += entmax_table(data) + ["", "copy = one read + one write of the tensor (memory floor).", ""]
     issues = problems(data)
@@ -118,11 +118,12 @@ def markdown(data: dict) -> str:
 
 def summary(data: dict) -> str:
     """A short fixed-width table: the ratios the performance targets are stated in."""
-    lines = [header(data),
-             f"{'attention':<26}{'bs':>6}{'fwd/SDPA':>10}{'fwd/pkg':>9}{'f+b/SDPA':>10}{'f+b/pkg':>9}{'mem/SDPA':>10}"]
+    lines = [header(data), f"{'attention':<26}{'bs':>6}{'fwd/SDPA':>10}{'fwd/pkg':>9}"
+                           f"{'f+b/SDPA':>10}{'f+b/pkg':>9}{'mem/SDPA':>10}"]
     for res in data["attention"]:
         p = res["point"]
-        r = [_ratio(_get(res, "ours", m), _get(res, o, m)) for m in ("fwd", "fwd_bwd") for o in ("sdpa", "adasplash")]
+        r = [_ratio(_get(res, "ours", m), _get(res, o, m))
+             for m in ("fwd", "fwd_bwd") for o in ("sdpa", "adasplash")]
         mem = _ratio(_get(res, "ours", "fwd_bwd", "peak_mib"), _get(res, "sdpa", "fwd_bwd", "peak_mib"))
         name = f"{_attention_key(res)} N={p['seq']}"
         lines.append(f"{name:<26}{_fmt(_sparsity(res)):>6}" + "".join(f"{_fmt(x):>{w}}" for x, w in
@@ -164,7 +165,8 @@ def plot(data: dict, path: Path) -> None:
         ax.set(title=title, xlabel="measured block sparsity", ylabel="ratio (lower is better)")
     ax = axes.flat[3]
     for color, dtype in enumerate(("float32", "bfloat16")):
-        rows = sorted((r for r in data["entmax"] if r["point"]["dtype"] == dtype), key=lambda r: r["point"]["seq"])
+        rows = sorted((r for r in data["entmax"] if r["point"]["dtype"] == dtype),
+                      key=lambda r: r["point"]["seq"])
         for impl, style in (("ours", "o-"), ("adasplash", "x--"), ("copy", ":")):
             pts = [(r["point"]["seq"], _ratio(_get(r, impl, "fwd"), _get(r, "softmax", "fwd"))) for r in rows]
             pts = [(n, y) for n, y in pts if y is not None]

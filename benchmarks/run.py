@@ -114,13 +114,14 @@ def main(argv=None) -> Path:
         if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
             data["stopped"] = f"time budget of {args.budget_s:g} s reached after {i} of {len(points)} points"
             break
-        bar.set_postfix_str(point.label())
+        bar.set_postfix_str(point.label(), refresh=False)
         if isinstance(point, AttentionPoint):
-            res = bench_attention.run_point(point, _impls(args, bench_attention), args.modes or bench_attention.MODES,
-                                            device, args.seed, args.allow_reference)
-            data["attention"].append(res)
+            modes = args.modes or bench_attention.MODES
+            data["attention"].append(bench_attention.run_point(
+                point, _impls(args, bench_attention), modes, device, args.seed, args.allow_reference))
         else:
-            data["entmax"].append(bench_entmax.run_point(point, _impls(args, bench_entmax), device, args.seed))
+            data["entmax"].append(
+                bench_entmax.run_point(point, _impls(args, bench_entmax), device, args.seed))
         data["wall_s"] = round(time.perf_counter() - start, 1)
         _write_json(data, path)
     bar.close()

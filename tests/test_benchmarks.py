@@ -41,7 +41,8 @@ def test_block_sparsity_matches_dense_oracle(oracle, causal, seq, a):
     assert (got["dead_tiles"], got["admissible_tiles"]) == (dead, admissible)
     assert got["block_sparsity"] == pytest.approx(dead / admissible)
     assert 0 < dead < admissible, "a must give a partly sparse pattern"
-    _, tau, row_max, _ = torch.ops.adasplash.entmax_attention(q, k, v, None, 0.0, causal, None, 1.5, None, None)
+    _, tau, row_max, _ = torch.ops.adasplash.entmax_attention(
+        q, k, v, None, 0.0, causal, None, 1.5, None, None)
     tau = tau + 0.5 * row_max  # the op's tau is relative to (alpha - 1) row_max
     assert inputs.block_sparsity(q, k, causal=causal, tau=tau) == got
     rows = inputs.sample_tile_rows(seq, 2)
@@ -72,7 +73,8 @@ def test_calibration_hits_targets(causal):
 def test_smoke_run_writes_json_markdown_and_plot(tmp_path, capsys):
     path = run.main(["--device", "cpu", "--smoke", "--out", str(tmp_path)])
     data = json.loads(path.read_text())
-    assert {"card", "torch", "triton"} <= data["env"].keys() and data["env"]["torch"].split("+")[0] in path.name
+    assert {"card", "torch", "triton"} <= data["env"].keys()
+    assert data["env"]["torch"].split("+")[0] in path.name
     assert len(data["attention"]) == 4 and len(data["entmax"]) == 4
     for res in data["attention"]:
         sp = res["sparsity"]
