@@ -1,16 +1,17 @@
-"""Block-sparse alpha-entmax attention forward (AdaSplash-2 style), one program per query block.
+"""Block-sparse alpha-entmax attention forward (AdaSplash-2 style), two kernels.
 
-For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf where excluded) and
-z = (alpha - 1) s:
+For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf where excluded):
 
-1. dense sweep over the admissible key tiles: the row max m and, per TILE x TILE tile, the max of s,
-   written to the tile-max table (the backward reads it too);
-2. threshold passes (``threshold.py``), starting from t = (alpha - 1) m - 1 <= tau; each pass visits
-   only the key tiles where (alpha - 1) tile_max > min over the block's rows of t, until the support
-   count proves t = tau;
-3. output pass over the tiles live for tau: out = sum_j p_j v_j / sum_j p_j with
-   p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the exact tau and absorbs rounding).
+1. ``adasplash_attention_max`` (dense): one sweep over the admissible key tiles gives the row max m
+   and, per TILE x TILE tile, the max of s (the tile-max table, which the backward reads too).
+2. ``adasplash_attention_fwd`` (sparse): with z = (alpha - 1)(s - m) (max 0), threshold passes
+   (``threshold.py``) start at t = -1 <= tau. A tile can hold some z > t only if its max is at
+   least thr = m + t / (alpha - 1) for one of its rows, so each pass first compacts the list of
+   such tiles, then visits only them, until the support count proves t = tau. The output pass
+   visits the tiles live for tau: out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1))
+   (the division is exact for the exact tau and absorbs rounding).
 
+tau is saved relative to (alpha - 1) m, with m: absolute values would round tau away for huge |s|.
 No length is a compile-time constant: one compiled kernel serves every Nq, Nk.
 """
 
@@ -23,42 +24,139 @@ from .threshold import entmax_power, threshold_stats, threshold_step
 
 TILE = 64
 MAX_STEPS = 32
+LIST_CHUNK = 128
 
 
 @triton.jit
 def _score_tile(
     q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd, stride_mm,
-    stride_mn, Nq, Nk, D, scale,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, PRECISION: tl.constexpr,
+    stride_mn, Nq, Nk, D, scale, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
 ):
-    """s = scale q k^T (+ float mask) for one key tile; -inf where excluded or out of range."""
+    """s = scale q k^T (+ float mask) for one key tile; -inf where excluded. BOUNDS=False skips
+    the range and causal checks (interior tiles)."""
     kt = tl.load(
         K + k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
         mask=(offs_n[None, :] < Nk) & (offs_d[:, None] < D), other=0.0,
     )
     s = tl.dot(q, kt, input_precision=PRECISION) * scale
-    valid = (offs_m[:, None] < Nq) & (offs_n[None, :] < Nk)
-    if IS_CAUSAL:
-        valid = valid & (offs_n[None, :] <= offs_m[:, None])
-    if MASK_KIND != 0:
-        mptr = Mask + mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
-        if MASK_KIND == 1:
-            valid = valid & (tl.load(mptr, mask=valid, other=0) != 0)
-        else:
-            s += tl.load(mptr, mask=valid, other=0.0).to(tl.float32)
-    return tl.where(valid, s, float("-inf"))
+    if BOUNDS or MASK_KIND != 0:
+        valid = (offs_m[:, None] < Nq) & (offs_n[None, :] < Nk)
+        if IS_CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        if MASK_KIND != 0:
+            mptr = Mask + mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+            if MASK_KIND == 1:
+                valid = valid & (tl.load(mptr, mask=valid, other=0) != 0)
+            else:
+                s += tl.load(mptr, mask=valid, other=0.0).to(tl.float32)
+        s = tl.where(valid, s, float("-inf"))
+    return s
 
 
 @triton.jit
-def _tile_live(tm_ptrs, kt, am1, t_min):
-    """Can the tile hold some z > t? (per 64-row slice of the block, any slice)."""
-    tmax = tl.load(tm_ptrs + kt)
-    return tl.max(am1 * tmax - t_min, 0) > 0
+def _program_coords(Hq, G, Nq, Nk, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """(pid_m, bh, b, h, kv head, number of key tiles to visit); longest causal blocks first."""
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    if IS_CAUSAL:
+        n_kt = tl.cdiv(tl.minimum(Nk, (pid_m + 1) * BLOCK_M), 64)
+    else:
+        n_kt = tl.cdiv(Nk, 64)
+    return pid_m, bh, b, h, h // G, n_kt
+
+
+@triton.jit
+def _load_q(Q, b, h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Nq, D):
+    return tl.load(
+        Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+        + offs_d[None, :] * stride_qd,
+        mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < D), other=0.0,
+    )
+
+
+@triton.jit
+def _max_tile(q, K, Mask, k_base, mask_base, offs_m, kt, offs_d, stride_kn, stride_kd, stride_mm,
+              stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices, n_tiles_m, IS_CAUSAL: tl.constexpr,
+              MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
+              R: tl.constexpr):
+    """One tile of the dense sweep: updates the row max, writes the tile's max per 64-row slice."""
+    s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + tl.arange(0, 64), offs_d,
+                    stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL,
+                    MASK_KIND, PRECISION, BOUNDS)
+    row_max = tl.max(s, 1)
+    tl.store(tm_ptrs + kt, tl.max(tl.reshape(row_max, (R, 64)), 1), mask=slices < n_tiles_m)
+    return tl.maximum(m, row_max)
+
+
+@triton.jit
+def adasplash_attention_max(
+    Q, K, Mask, RowMax, TileMax,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, scale,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    R: tl.constexpr = BLOCK_M // 64
+    pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_q(Q, b, h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Nq, D)
+    k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
+    mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
+    slices = pid_m * R + tl.arange(0, R)
+    tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
+
+    # Interior tiles (every key in range and, if causal, before the block's first row) need no
+    # checks; the last query block (padded rows) checks every tile.
+    n_free = Nk // 64
+    if IS_CAUSAL:
+        n_free = tl.minimum(n_free, pid_m * R)
+    if (pid_m + 1) * BLOCK_M > Nq:
+        n_free = 0
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for kt in range(0, n_free):
+        m = _max_tile(q, K, Mask, k_base, mask_base, offs_m, kt, offs_d, stride_kn, stride_kd,
+                      stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices, n_tiles_m,
+                      IS_CAUSAL, MASK_KIND, PRECISION, False, R)
+    for kt in range(n_free, n_kt):
+        m = _max_tile(q, K, Mask, k_base, mask_base, offs_m, kt, offs_d, stride_kn, stride_kd,
+                      stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices, n_tiles_m,
+                      IS_CAUSAL, MASK_KIND, PRECISION, True, R)
+    tl.store(RowMax + bh.to(tl.int64) * Nq + offs_m, m, mask=offs_m < Nq)
+
+
+@triton.jit
+def _live_list(tm_ptrs, slice_ok, List, n_kt, thr, CHUNK: tl.constexpr):
+    """Write to List the key tiles whose max reaches thr (per 64-row slice) for some slice;
+    return how many. The same program reads the list back after the barrier."""
+    n_live = tl.full([], 0, tl.int32)
+    for c in range(0, n_kt, CHUNK):
+        kt = c + tl.arange(0, CHUNK)
+        tmax = tl.load(tm_ptrs[:, None] + kt[None, :], mask=slice_ok[:, None] & (kt[None, :] < n_kt),
+                       other=float("-inf"))
+        live = (tl.max((tmax >= thr[:, None]).to(tl.int32), 0) > 0) & (kt < n_kt)
+        pos = n_live + tl.cumsum(live.to(tl.int32), 0) - 1
+        tl.store(List + pos, kt, mask=live)
+        n_live += tl.sum(live.to(tl.int32), 0)
+    tl.debug_barrier()
+    return n_live
+
+
+@triton.jit
+def _slice_threshold(m, t, am1, R: tl.constexpr):
+    """Per 64-row slice, the smallest threshold m + t / (alpha - 1) in units of s."""
+    thr = tl.where(t == float("inf"), float("inf"), m + t / am1)
+    return tl.min(tl.reshape(thr, (R, 64)), 1)
 
 
 @triton.jit
 def adasplash_attention_fwd(
-    Q, K, V, Mask, HeadAlpha, Out, Tau, TileMax,
+    Q, K, V, Mask, HeadAlpha, RowMax, TileMax, List, Out, Tau, Stats,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -67,24 +165,15 @@ def adasplash_attention_fwd(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MAX_STEPS: tl.constexpr,
+    LIST_CHUNK: tl.constexpr, STATS: tl.constexpr,
 ):
-    TILE_N: tl.constexpr = 64
     R: tl.constexpr = BLOCK_M // 64
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # longest causal blocks first
-    bh = tl.program_id(1)
-    b = bh // Hq
-    h = bh % Hq
-    hk = h // G
+    pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    offs_t = tl.arange(0, TILE_N)
-
-    q = tl.load(
-        Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-        + offs_d[None, :] * stride_qd,
-        mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < D), other=0.0,
-    )
+    offs_t = tl.arange(0, 64)
+    q = _load_q(Q, b, h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Nq, D)
     k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
     v_base = b.to(tl.int64) * stride_vb + hk * stride_vh
     mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
@@ -93,72 +182,71 @@ def adasplash_attention_fwd(
     else:
         am1 = alpha - 1.0
     k = 1.0 / am1
-
-    if IS_CAUSAL:
-        n_kt = tl.cdiv(tl.minimum(Nk, (pid_m + 1) * BLOCK_M), TILE_N)
-    else:
-        n_kt = tl.cdiv(Nk, TILE_N)
     slices = pid_m * R + tl.arange(0, R)
     tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
+    slice_ok = slices < n_tiles_m
+    List += (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * n_tiles_n
+    rows = bh.to(tl.int64) * Nq + offs_m
 
-    # 1. dense sweep: row max and tile-max table
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for kt in range(0, n_kt):
-        s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * TILE_N + offs_t, offs_d,
-                        stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
-                        IS_CAUSAL, MASK_KIND, PRECISION)
-        row_max = tl.max(s, 1)
-        m = tl.maximum(m, row_max)
-        tl.store(tm_ptrs + kt, tl.max(tl.reshape(row_max, (R, 64)), 1), mask=slices < n_tiles_m)
-    tl.debug_barrier()
-
-    # 2. threshold passes over live tiles
+    m = tl.load(RowMax + rows, mask=offs_m < Nq, other=float("-inf"))
     empty = m == float("-inf")
-    t = tl.where(empty, float("inf"), am1 * m - 1.0)
+    m = tl.where(empty, 0.0, m)
+
+    # threshold passes, each over the tiles that can hold some z > t
+    t = tl.where(empty, float("inf"), -1.0)
     lo = t
-    hi = am1 * m
+    hi = tl.where(empty, float("inf"), 0.0)
     prev = tl.full([BLOCK_M], -1.0, tl.float32)
     done = empty
     step = 0
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
-        t_min = tl.min(tl.reshape(t, (R, 64)), 1)
+        n_live = _live_list(tm_ptrs, slice_ok, List, n_kt, _slice_threshold(m, t, am1, R), LIST_CHUNK)
         count = tl.zeros([BLOCK_M], tl.float32)
         s1 = tl.zeros([BLOCK_M], tl.float32)
         s2 = tl.zeros([BLOCK_M], tl.float32)
-        for kt in range(0, n_kt):
-            if _tile_live(tm_ptrs, kt, am1, t_min):
-                s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * TILE_N + offs_t,
-                                offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D,
-                                scale, IS_CAUSAL, MASK_KIND, PRECISION)
-                c0, c1, c2 = threshold_stats(tl.maximum(am1 * s - t[:, None], 0.0), ALPHA_MODE, k)
-                count += c0
-                s1 += c1
-                s2 += c2
+        for j in range(0, n_live):
+            kt = tl.load(List + j)
+            s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + offs_t, offs_d,
+                            stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
+                            IS_CAUSAL, MASK_KIND, PRECISION, True)
+            d = tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0)
+            c0, c1, c2 = threshold_stats(d, ALPHA_MODE, k)
+            count += c0
+            s1 += c1
+            s2 += c2
         t, lo, hi, prev, done = threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE)
         step += 1
 
-    # 3. output pass over the tiles live for tau
-    t_min = tl.min(tl.reshape(t, (R, 64)), 1)
+    # output pass over the tiles live for tau
+    n_live = _live_list(tm_ptrs, slice_ok, List, n_kt, _slice_threshold(m, t, am1, R), LIST_CHUNK)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
-    for kt in range(0, n_kt):
-        if _tile_live(tm_ptrs, kt, am1, t_min):
-            offs_n = kt * TILE_N + offs_t
-            s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                            stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL,
-                            MASK_KIND, PRECISION)
-            p = entmax_power(tl.maximum(am1 * s - t[:, None], 0.0), k, ALPHA_MODE)
-            l += tl.sum(p, 1)
-            v = tl.load(
-                V + v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < DV), other=0.0,
-            )
-            acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    support = tl.zeros([BLOCK_M], tl.float32)
+    for j in range(0, n_live):
+        offs_n = tl.load(List + j) * 64 + offs_t
+        s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+                        stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND,
+                        PRECISION, True)
+        p = entmax_power(tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0), k, ALPHA_MODE)
+        l += tl.sum(p, 1)
+        if STATS:
+            support += tl.sum((p > 0).to(tl.float32), 1)
+        v = tl.load(
+            V + v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+            mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < DV), other=0.0,
+        )
+        acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
-    o_rows = (bh.to(tl.int64) * Nq + offs_m)
-    tl.store(Out + o_rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),
+    tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),
              mask=(offs_m[:, None] < Nq) & (offs_dv[None, :] < DV))
-    tl.store(Tau + o_rows, t, mask=offs_m < Nq)
+    tl.store(Tau + rows, t, mask=offs_m < Nq)
+    if STATS:
+        # per program: threshold passes, live tiles of the output pass, admissible tiles,
+        # and the support size summed over its rows
+        i = tl.arange(0, 4)
+        values = tl.where(i == 0, step.to(tl.float32), tl.where(i == 1, n_live.to(tl.float32),
+                          tl.where(i == 2, n_kt.to(tl.float32), tl.sum(support, 0))))
+        tl.store(Stats + (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * 4 + i, values)
 
 
 def _identity(kernel):
@@ -182,33 +270,46 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=None,
-                      launch=_identity):
-    """(out, tau, tile_max) as ``lowering.reference.attention_forward`` (no dropout).
+                      launch=_identity, stats=False):
+    """(out, tau, row_max, tile_max) as ``lowering.reference.attention_forward`` (no dropout).
 
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, DV), any strides; head_alpha: None or a
-    (Hq,) tensor. tau is in units of z = (alpha - 1) s, +inf for rows with no admissible key.
+    (Hq,) tensor. With stats=True a fifth output holds, per query block, (threshold passes, live
+    tiles of the output pass, admissible tiles, summed support size).
     """
     B, Hq, Nq, D = q.shape
     Hkv, Nk, DV = k.shape[1], k.shape[2], v.shape[-1]
+    f32 = dict(dtype=torch.float32, device=q.device)
     out = torch.empty((B, Hq, Nq, DV), dtype=q.dtype, device=q.device)
-    tau = torch.empty((B, Hq, Nq), dtype=torch.float32, device=q.device)
+    tau = torch.empty((B, Hq, Nq), **f32)
+    row_max = torch.empty((B, Hq, Nq), **f32)
     n_tm, n_tn = triton.cdiv(Nq, TILE), triton.cdiv(Nk, TILE)
-    tile_max = torch.full((B, Hq, n_tm, n_tn), float("-inf"), dtype=torch.float32, device=q.device)
-    if B * Hq * Nq == 0:
-        return out, tau, tile_max
-    mask, ms, mask_kind = mask_4d(attn_mask)
+    tile_max = torch.full((B, Hq, n_tm, n_tn), float("-inf"), **f32)
     block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
     block_m = 64 if max(block_d, block_dv) > 128 or Nq <= 64 else 128
-    per_head = head_alpha is not None
-    grid = (triton.cdiv(Nq, block_m), B * Hq)
-    launch(adasplash_attention_fwd)[grid](
-        q, k, v, mask if mask is not None else q, head_alpha if per_head else q, out, tau, tile_max,
-        *q.stride(), *k.stride(), *v.stride(), *ms,
-        Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn,
-        float(scale if scale is not None else D ** -0.5), float(alpha),
-        IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind, ALPHA_MODE=alpha_mode(alpha, per_head),
-        HEAD_ALPHA=per_head, PRECISION=dot_precision(q.dtype), BLOCK_M=block_m,
-        BLOCK_D=block_d, BLOCK_DV=block_dv, MAX_STEPS=MAX_STEPS,
-        num_warps=8 if block_m == 128 else 4, num_stages=2,
+    n_mb = triton.cdiv(Nq, block_m)
+    stat_buf = torch.zeros((B, Hq, n_mb, 4), **f32) if stats else tau
+    if B * Hq * Nq == 0:
+        return (out, tau, row_max, tile_max) + ((stat_buf,) if stats else ())
+    mask, ms, mask_kind = mask_4d(attn_mask)
+    mask = mask if mask is not None else q
+    scale = float(scale if scale is not None else D ** -0.5)
+    common = dict(IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind, PRECISION=dot_precision(q.dtype),
+                  BLOCK_M=block_m, BLOCK_D=block_d)
+    num_warps = 8 if block_m == 128 else 4
+    grid = (n_mb, B * Hq)
+    launch(adasplash_attention_max)[grid](
+        q, k, mask, row_max, tile_max, *q.stride(), *k.stride(), *ms,
+        Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, scale, **common, num_warps=num_warps, num_stages=3,
     )
-    return out, tau, tile_max
+    live_list = torch.empty((B * Hq * n_mb * n_tn,), dtype=torch.int32, device=q.device)
+    per_head = head_alpha is not None
+    launch(adasplash_attention_fwd)[grid](
+        q, k, v, mask, head_alpha if per_head else q, row_max, tile_max, live_list, out, tau,
+        stat_buf, *q.stride(), *k.stride(), *v.stride(), *ms,
+        Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, scale, float(alpha),
+        ALPHA_MODE=alpha_mode(alpha, per_head), HEAD_ALPHA=per_head, BLOCK_DV=block_dv,
+        MAX_STEPS=MAX_STEPS, LIST_CHUNK=LIST_CHUNK, STATS=stats, **common,
+        num_warps=num_warps, num_stages=2,
+    )
+    return (out, tau, row_max, tile_max) + ((stat_buf,) if stats else ())

@@ -1,7 +1,8 @@
 """Standalone alpha-entmax over the rows of a 2-D tensor: forward and backward kernels.
 
-Forward: z = (alpha - 1) x; t starts at max(z) - 1 (a lower bound of tau: the max alone gives
-p = 1 there) and ``threshold_step`` iterates to tau (see ``threshold.py``); p = [z - tau]_+^(1/(alpha-1)).
+Forward: z = (alpha - 1)(x - max x) (max 0, so huge |x| keep their precision); t starts at -1 (a
+lower bound of tau: the max alone gives p = 1 there) and ``threshold_step`` iterates to tau (see
+``threshold.py``); p = [z - tau]_+^(1/(alpha-1)).
 A row of up to ``MAX_ON_CHIP`` elements is read once and written once; longer rows are streamed in
 chunks, one read per pass.
 
@@ -50,17 +51,20 @@ def adasplash_entmax_fwd(
     offs = tl.arange(0, BLOCK)[None, :]
 
     if ON_CHIP:
-        z = am1 * _load_row(x_row, offs, N)
-        zmax = tl.max(z, 1)
+        x = _load_row(x_row, offs, N)
+        xmax = tl.max(x, 1)
     else:
-        zmax = tl.full([1], float("-inf"), tl.float32)
+        xmax = tl.full([1], float("-inf"), tl.float32)
         for c in range(0, N, BLOCK):
-            zmax = tl.maximum(zmax, tl.max(am1 * _load_row(x_row + c, offs, N - c), 1))
+            xmax = tl.maximum(xmax, tl.max(_load_row(x_row + c, offs, N - c), 1))
+    empty = xmax == float("-inf")
+    xmax = tl.where(empty, 0.0, xmax)
+    if ON_CHIP:
+        z = am1 * (x - xmax[:, None])
 
-    empty = zmax == float("-inf")
-    t = tl.where(empty, float("inf"), zmax - 1.0)
+    t = tl.where(empty, float("inf"), -1.0)
     lo = t
-    hi = zmax
+    hi = tl.where(empty, float("inf"), 0.0)
     prev = tl.full([1], -1.0, tl.float32)
     done = empty
     step = 0
@@ -72,7 +76,7 @@ def adasplash_entmax_fwd(
             s1 = tl.zeros([1], tl.float32)
             s2 = tl.zeros([1], tl.float32)
             for c in range(0, N, BLOCK):
-                zc = am1 * _load_row(x_row + c, offs, N - c)
+                zc = am1 * (_load_row(x_row + c, offs, N - c) - xmax[:, None])
                 c0, c1, c2 = threshold_stats(tl.maximum(zc - t[:, None], 0.0), ALPHA_MODE, k)
                 count += c0
                 s1 += c1
@@ -85,7 +89,7 @@ def adasplash_entmax_fwd(
         tl.store(p_row + offs, p.to(P.dtype.element_ty), mask=offs < N)
     else:
         for c in range(0, N, BLOCK):
-            zc = am1 * _load_row(x_row + c, offs, N - c)
+            zc = am1 * (_load_row(x_row + c, offs, N - c) - xmax[:, None])
             p = entmax_power(tl.maximum(zc - t[:, None], 0.0), k, ALPHA_MODE)
             tl.store(p_row + c + offs, p.to(P.dtype.element_ty), mask=offs < N - c)
 

@@ -9,7 +9,8 @@ decreasing in t and tau is its root. One pass at a trial t accumulates per row
 and ``threshold_step`` turns them into the next trial. For alpha = 1.5 the next t solves
 sum_{d>0} (d - delta)^2 = 1 on the support at t; for alpha = 2, sum_{d>0} (d - delta) = 1. Such a
 step is exact as soon as the support stops changing, so "same count as after the last closed-form
-step" proves t = tau (it may over- or undershoot before that). The stats at t need only the entries
+step" proves t = tau (it may over- or undershoot before that), as does a vanishing step (then
+f(t) = 0 on the support at t). Work relative to the row max, so that |t| <= 1. The stats at t need only the entries
 with z > t, so a pass may skip every tile whose maximum is <= t, whatever t is.
 
 ALPHA_MODE: 1 -> alpha = 1.5, 2 -> alpha = 2, 0 -> any other alpha (Newton kept inside a bracket).
@@ -69,11 +70,12 @@ def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
         newton = (s2 - 1.0) / tl.where(s1 > 0, 2.0 * s1, 1.0)
         delta = tl.where(closed, (s1 - tl.sqrt(tl.maximum(disc, 0.0))) / safe, newton)
         new_t = t + delta
-        done = count == prev
+        done = (count == prev) | (tl.abs(delta) <= 1e-7)
         prev = tl.where(closed, count, -1.0)
     elif ALPHA_MODE == 2:
-        new_t = t + (s1 - 1.0) / safe
-        done = count == prev
+        delta = (s1 - 1.0) / safe
+        new_t = t + delta
+        done = (count == prev) | (tl.abs(delta) <= 1e-7)
         prev = count
     else:
         f = s2 - 1.0
@@ -83,7 +85,7 @@ def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
         newton = t + (s2 - power) / tl.where(s1 > 0, s1, 1.0)
         inside = (newton >= lo) & (newton < hi)
         new_t = tl.where(inside, newton, 0.5 * (lo + hi))
-        done = tl.abs(new_t - t) <= 1e-6 * tl.maximum(tl.abs(t), 1.0)
+        done = tl.abs(new_t - t) <= 1e-6
     done = done | (~has)
     new_t = tl.where(has, new_t, t)
     return new_t, lo, hi, prev, done
