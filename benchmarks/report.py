@@ -31,7 +31,7 @@ def _attention_key(res: dict) -> str:
 
 
 def _sparsity(res: dict) -> Optional[float]:
-    return res["sparsity"].get("block_sparsity")
+    return res.get("sparsity", {}).get("block_sparsity")
 
 
 def header(data: dict) -> str:
@@ -53,7 +53,7 @@ def attention_table(data: dict, mode: str) -> list[str]:
             f"| {'causal' if p['causal'] else 'none'} | {p['head_dim']} | {p['seq']} | {p['batch']} "
             f"| {p['target']:.2f} / {_fmt(_sparsity(res), 3)} | {_fmt(sdpa, 3)} | {_fmt(ours, 3)} "
             f"| {_fmt(pkg, 3)} | {_fmt(_ratio(ours, sdpa))} | {_fmt(_ratio(pkg, sdpa))} "
-            f"| {_fmt(_ratio(ours, pkg))} | {_fmt(mem)} | {res['ours_path']} |")
+            f"| {_fmt(_ratio(ours, pkg))} | {_fmt(mem)} | {res.get('ours_path', '-')} |")
     return rows
 
 
@@ -70,7 +70,7 @@ def entmax_table(data: dict) -> list[str]:
             f"| {p['dtype']} | {p['rows']}x{p['seq']} | {_fmt(soft, 3)} | {_fmt(ours, 3)} | {_fmt(pkg, 3)} "
             f"| {_fmt(cp, 3)} | {_fmt(_ratio(ours, soft))} | {_fmt(_ratio(ours, pkg))} "
             f"| {_fmt(_ratio(ours, cp))} | {_fmt(_get(res, 'ours', 'fwd', 'gb_per_s'), 0)} "
-            f"| {_fmt(zeros, 4)} | {res['ours_path']} |")
+            f"| {_fmt(zeros, 4)} | {res.get('ours_path', '-')} |")
     return rows
 
 
@@ -86,6 +86,8 @@ def problems(data: dict) -> list[str]:
     for kind in ("attention", "entmax"):
         for res in data[kind]:
             where = _label(kind, res["point"])
+            if "error" in res:
+                seen.setdefault((kind, "point", res["error"]), []).append(where)
             for impl, by_mode in res["impls"].items():
                 if "skipped" in by_mode:
                     seen.setdefault((kind, impl, "skipped: " + by_mode["skipped"]), []).append(where)

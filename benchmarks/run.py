@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from . import bench_attention, bench_entmax, report
 from .bench_attention import AttentionPoint
 from .bench_entmax import EntmaxPoint
-from .timing import environment, file_tag
+from .timing import attempt, environment, file_tag
 
 TARGETS = (0.0, 0.5, 0.75, 0.9, 0.95)
 
@@ -117,11 +118,14 @@ def main(argv=None) -> Path:
         bar.set_postfix_str(point.label(), refresh=False)
         if isinstance(point, AttentionPoint):
             modes = args.modes or bench_attention.MODES
-            data["attention"].append(bench_attention.run_point(
+            kind, res = "attention", attempt(lambda: bench_attention.run_point(
                 point, _impls(args, bench_attention), modes, device, args.seed, args.allow_reference))
         else:
-            data["entmax"].append(
-                bench_entmax.run_point(point, _impls(args, bench_entmax), device, args.seed))
+            kind, res = "entmax", attempt(lambda: bench_entmax.run_point(
+                point, _impls(args, bench_entmax), device, args.seed))
+        if "error" in res:  # the point itself failed (calibration, inputs, measurement)
+            res = {"point": asdict(point), "error": res["error"], "impls": {}}
+        data[kind].append(res)
         data["wall_s"] = round(time.perf_counter() - start, 1)
         _write_json(data, path)
     bar.close()

@@ -100,3 +100,21 @@ def test_budget_stops_before_the_first_point(tmp_path):
     assert data["attention"] == [] and data["entmax"] == []
     assert "after 0 of 8 points" in data["stopped"]
     assert "Stopped early" in path.with_suffix(".md").read_text()
+
+
+def test_failures_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(run.bench_entmax.IMPLS, "softmax", boom)
+    monkeypatch.setattr(run.bench_attention.inputs, "calibrate", boom)
+    args = ["--device", "cpu", "--smoke", "--out", str(tmp_path), "--seq", "128", "--targets", "0.5",
+            "--entmax-seq", "64"]
+    data = json.loads(run.main(args).read_text())
+    assert len(data["entmax"]) == 2 and len(data["attention"]) == 1
+    for res in data["entmax"]:
+        assert "RuntimeError: boom" in res["impls"]["softmax"]["fwd"]["error"]
+        assert res["impls"]["ours"]["fwd"]["ms"] > 0
+    assert "RuntimeError: boom" in data["attention"][0]["error"]
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert "entmax softmax fwd: RuntimeError: boom" in md and "attention point: RuntimeError: boom" in md
