@@ -14,7 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-run_tests=1 run_bench=1 pytest_args="" bench_args="" tests_timeout=240 bench_budget=240
+run_tests=1 run_bench=1 pytest_args="" bench_args="" tests_timeout=200 bench_budget=240
 while [ $# -gt 0 ]; do
     case "$1" in
         --tests-only) run_bench=0 ;;
@@ -68,7 +68,7 @@ bench_rc=skipped
 if [ "$run_bench" = 1 ]; then
     echo "== 4. benchmark"
     # shellcheck disable=SC2086
-    timeout -k 10 $((bench_budget + 180)) python3 -m benchmarks.run --out "$OUT" --budget-s "$bench_budget" \
+    timeout -k 10 $((bench_budget + 120)) python3 -m benchmarks.run --out "$OUT" --budget-s "$bench_budget" \
         $bench_args 2>&1 | tee "$OUT/bench.log"
     bench_rc=${PIPESTATUS[0]}
 fi

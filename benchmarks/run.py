@@ -4,7 +4,7 @@
     python -m benchmarks.run --full                # every size, causal and not, D 64 and 128
     python -m benchmarks.run --device cpu --smoke  # tiny sizes, seconds, checks the harness only
 
-Files: ``<out>/bench_<preset>_<card>_torch<v>_triton<v>.{json,md,png}``; the JSON is rewritten
+Files: ``<out>/bench_<preset>_<card>-torch<v>-triton<v>.{json,md,png}``; the JSON is rewritten
 after every point, so a run cut short keeps what it measured.
 """
 
