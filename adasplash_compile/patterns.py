@@ -216,15 +216,17 @@ def _is_cast(call: Optional[Call], src: Node) -> bool:
 
 def scores(node: Node, *, first: bool = True) -> Scores:
     """Walk back from the normaliser's input to the q @ k^T product."""
-    if not first and len(node.users) != 1:
+    if len(node.users) != 1:
         others = ", ".join(sorted(describe(u) for u in node.users))
         raise Skip(f"the scores are also used elsewhere ({others})")
     product = as_product(node)
     if product is not None:
-        return Scores(product, nodes=[node] + product.nodes)
+        return Scores(product, nodes=product.nodes + [node])
     call = parse(node)
     if call is None:
-        raise Skip(f"the softmax input comes from {describe(node)}, not from a q @ k^T product")
+        if first:
+            raise Skip(f"the softmax input comes from {describe(node)}, not from a q @ k^T product")
+        raise Skip(f"the scores pass through {describe(node)} before the softmax")
     kind = call.kind
     if _is_cast(call, call.input):
         s = scores(call.input, first=False)
@@ -257,6 +259,7 @@ def _scaled(call: Call) -> Scores:
     if c == 0 or not math.isfinite(c):
         raise Skip(f"the scores are scaled by {c}")
     s.scale *= c if call.kind == "mul" else 1.0 / c
+    s.nodes += [factor] if isinstance(factor, Node) else []
     return s
 
 
@@ -295,6 +298,7 @@ def _filled(call: Call, chain, cond, masked_when: bool, value) -> Scores:
     if not _same_shape(call.node, s.nodes[-1]):
         raise Skip("the mask broadcasts the scores to a larger shape")
     s.terms.append(Fill(cond, masked_when, v))
+    s.nodes += [cond] + ([value] if isinstance(value, Node) else [])
     return s
 
 

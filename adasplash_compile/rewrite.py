@@ -49,11 +49,25 @@ class _Emitter:
             return fn()
 
     def call(self, target, *args, **kwargs) -> Node:
+        """A call_function node, or a call_method node when ``target`` is a method name."""
+        method = isinstance(target, str)
         with self.graph.inserting_before(self.before):
-            node = self.graph.call_function(target, args, kwargs)
-        value = self._fake(lambda: target(*torch.fx.node.map_arg(args, example),
-                                          **torch.fx.node.map_arg(kwargs, example)))
+            make = self.graph.call_method if method else self.graph.call_function
+            node = make(target, args, kwargs)
+        fn = (lambda x, *a, **k: getattr(x, target)(*a, **k)) if method else target
+        value = self._fake(lambda: fn(*torch.fx.node.map_arg(args, example),
+                                      **torch.fx.node.map_arg(kwargs, example)))
         return self._meta(node, value)
+
+    def negate(self, cond: Node) -> Node:
+        """~cond, or x when cond is already ~x."""
+        call = parse(cond)
+        if call is not None and call.kind == "not":
+            return call.input
+        return self.call(torch.logical_not, cond)
+
+    def cast(self, node: Node, dtype: torch.dtype) -> Node:
+        return node if example(node).dtype == dtype else self.call("to", node, dtype)
 
     def operand(self, op: Operand) -> Node:
         node = op.node
@@ -71,7 +85,7 @@ def _combine(em: _Emitter, nodes: list, fn) -> Optional[Node]:
 
 def _mask(em: _Emitter, plan: patterns.MaskPlan) -> Optional[Node]:
     """bool keep-mask, additive float mask, or where(keep, float mask, -inf)."""
-    keeps = [c if keep_when else em.call(torch.logical_not, c) for c, keep_when in plan.keep]
+    keeps = [c if keep_when else em.negate(c) for c, keep_when in plan.keep]
     keep = _combine(em, keeps, torch.logical_and)
     add = _combine(em, plan.additive, operator.add)
     if keep is not None and add is not None:
@@ -100,15 +114,13 @@ def emit_attention(gm: GraphModule, m: Match) -> None:
     if m.mask.uniform_rows is not None:
         # Rows the finite fill masks entirely are constant: softmax and entmax are uniform there.
         fill = m.mask.uniform_rows
-        masked = fill.cond if fill.masked_when else em.call(torch.logical_not, fill.cond)
+        masked = fill.cond if fill.masked_when else em.negate(fill.cond)
         all_masked = em.call(torch.all, masked, -1, keepdim=True)
         v_mean = em.call(torch.mean, em.operand(m.v_full), -2, keepdim=True)
-        out = em.call(torch.where, all_masked, em.call(torch.Tensor.to, v_mean, example(out).dtype), out)
+        out = em.call(torch.where, all_masked, em.cast(v_mean, example(out).dtype), out)
     for fn, args in m.out_views:
         out = em.call(fn, out, *args)
-    want = example(m.anchor).dtype
-    if example(out).dtype != want:
-        out = em.call(torch.Tensor.to, out, want)
+    out = em.cast(out, example(m.anchor).dtype)
     m.anchor.replace_all_uses_with(out)
     _erase_unused(gm, m.nodes)
 
@@ -124,7 +136,7 @@ def emit_module_call(gm: GraphModule, m: ModuleMatch) -> None:
 def _erase_unused(gm: GraphModule, nodes: list) -> None:
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for n in sorted(set(nodes), key=lambda n: -order.get(n, -1)):
-        if n in order and not n.users:
+        if n in order and not n.users and n.op in ("call_function", "call_method"):
             gm.graph.erase_node(n)
 
 
