@@ -3,11 +3,13 @@
 For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf where excluded):
 
 1. ``adasplash_attention_max`` (dense): one sweep over the admissible key tiles gives the row max m
-   and, per TILE x TILE tile, the max of s (the tile-max table, which the backward reads too).
+   and, per TILE x TILE tile, an upper bound of max (s_ij - m_i) over the tile: the tile-max table,
+   which the backward reads too. The sweep runs from the last key tile down, so that for causal
+   (local) attention the row max is found first; the bound uses the running max, which only grows.
 2. ``adasplash_attention_fwd`` (sparse): with z = (alpha - 1)(s - m) (max 0), threshold passes
-   (``threshold.py``) start at t = -1 <= tau. A tile can hold some z > t only if its max is at
-   least thr = m + t / (alpha - 1) for one of its rows, so each pass first compacts the list of
-   such tiles, then visits only them, until the support count proves t = tau. The output pass
+   (``threshold.py``) start at t = -1 <= tau. A tile can hold some z > t only if its table entry
+   reaches t / (alpha - 1) for one of its rows, so each pass first compacts the list of such
+   tiles, then visits only them, until the support count proves t = tau. The output pass
    visits the tiles live for tau: out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1))
    (the division is exact for the exact tau and absorbs rounding).
 
@@ -82,13 +84,16 @@ def _max_tile(q, K, Mask, k_base, mask_base, offs_m, kt, offs_d, stride_kn, stri
               stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices, n_tiles_m, IS_CAUSAL: tl.constexpr,
               MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
               R: tl.constexpr):
-    """One tile of the dense sweep: updates the row max, writes the tile's max per 64-row slice."""
+    """One tile of the dense sweep: updates the row max m and writes, per 64-row slice, the max
+    of s - m over the tile (>= its value for the final m)."""
     s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + tl.arange(0, 64), offs_d,
                     stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL,
                     MASK_KIND, PRECISION, BOUNDS)
     row_max = tl.max(s, 1)
-    tl.store(tm_ptrs + kt, tl.max(tl.reshape(row_max, (R, 64)), 1), mask=slices < n_tiles_m)
-    return tl.maximum(m, row_max)
+    m = tl.maximum(m, row_max)
+    rel = tl.where(row_max == float("-inf"), float("-inf"), row_max - m)
+    tl.store(tm_ptrs + kt, tl.max(tl.reshape(rel, (R, 64)), 1), mask=slices < n_tiles_m)
+    return m
 
 
 @triton.jit
@@ -119,21 +124,21 @@ def adasplash_attention_max(
     if (pid_m + 1) * BLOCK_M > Nq:
         n_free = 0
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for kt in range(0, n_free):
-        m = _max_tile(q, K, Mask, k_base, mask_base, offs_m, kt, offs_d, stride_kn, stride_kd,
-                      stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices, n_tiles_m,
-                      IS_CAUSAL, MASK_KIND, PRECISION, False, R)
-    for kt in range(n_free, n_kt):
-        m = _max_tile(q, K, Mask, k_base, mask_base, offs_m, kt, offs_d, stride_kn, stride_kd,
-                      stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices, n_tiles_m,
-                      IS_CAUSAL, MASK_KIND, PRECISION, True, R)
+    for i in range(0, n_kt - n_free):
+        m = _max_tile(q, K, Mask, k_base, mask_base, offs_m, n_kt - 1 - i, offs_d, stride_kn,
+                      stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices,
+                      n_tiles_m, IS_CAUSAL, MASK_KIND, PRECISION, True, R)
+    for i in range(0, n_free):
+        m = _max_tile(q, K, Mask, k_base, mask_base, offs_m, n_free - 1 - i, offs_d, stride_kn,
+                      stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices,
+                      n_tiles_m, IS_CAUSAL, MASK_KIND, PRECISION, False, R)
     tl.store(RowMax + bh.to(tl.int64) * Nq + offs_m, m, mask=offs_m < Nq)
 
 
 @triton.jit
 def _live_list(tm_ptrs, slice_ok, List, n_kt, thr, CHUNK: tl.constexpr):
-    """Write to List the key tiles whose max reaches thr (per 64-row slice) for some slice;
-    return how many. The same program reads the list back after the barrier."""
+    """Write to List the key tiles whose table entry reaches thr for some 64-row slice; return
+    how many. The same program reads the list back after the barrier."""
     n_live = tl.full([], 0, tl.int32)
     for c in range(0, n_kt, CHUNK):
         kt = c + tl.arange(0, CHUNK)
@@ -148,10 +153,10 @@ def _live_list(tm_ptrs, slice_ok, List, n_kt, thr, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _slice_threshold(m, t, am1, R: tl.constexpr):
-    """Per 64-row slice, the smallest threshold m + t / (alpha - 1) in units of s."""
-    thr = tl.where(t == float("inf"), float("inf"), m + t / am1)
-    return tl.min(tl.reshape(thr, (R, 64)), 1)
+def _slice_threshold(t, am1, R: tl.constexpr):
+    """Per 64-row slice, the smallest t / (alpha - 1): a tile whose entry (an upper bound of
+    s - m) is below it holds no z > t."""
+    return tl.min(tl.reshape(t / am1, (R, 64)), 1)
 
 
 @triton.jit
@@ -200,7 +205,9 @@ def adasplash_attention_fwd(
     done = empty
     step = 0
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
-        n_live = _live_list(tm_ptrs, slice_ok, List, n_kt, _slice_threshold(m, t, am1, R), LIST_CHUNK)
+        # converged rows keep their t and no longer need their tiles
+        thr = _slice_threshold(tl.where(done, float("inf"), t), am1, R)
+        n_live = _live_list(tm_ptrs, slice_ok, List, n_kt, thr, LIST_CHUNK)
         count = tl.zeros([BLOCK_M], tl.float32)
         s1 = tl.zeros([BLOCK_M], tl.float32)
         s2 = tl.zeros([BLOCK_M], tl.float32)
@@ -214,11 +221,14 @@ def adasplash_attention_fwd(
             count += c0
             s1 += c1
             s2 += c2
-        t, lo, hi, prev, done = threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE)
+        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, prev, k,
+                                                         ALPHA_MODE)
+        t = tl.where(done, t, t_next)
+        done = done | converged
         step += 1
 
     # output pass over the tiles live for tau
-    n_live = _live_list(tm_ptrs, slice_ok, List, n_kt, _slice_threshold(m, t, am1, R), LIST_CHUNK)
+    n_live = _live_list(tm_ptrs, slice_ok, List, n_kt, _slice_threshold(t, am1, R), LIST_CHUNK)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     support = tl.zeros([BLOCK_M], tl.float32)

@@ -280,7 +280,7 @@ class _Problem:
         return s
 
     def tile_max(self, s: torch.Tensor) -> torch.Tensor:
-        """max of s over each TILE x TILE tile of this row block -> (B, Hq, rows/TILE, Nk/TILE)."""
+        """max over each TILE x TILE tile of a row block -> (B, Hq, rows/TILE, Nk/TILE)."""
         r, n = s.shape[-2], s.shape[-1]
         pad_r, pad_n = -r % TILE, -n % TILE
         s = F.pad(s, (0, pad_n, 0, pad_r), value=-math.inf)
@@ -311,8 +311,9 @@ def attention_forward(
     With s the masked scaled scores: row_max (B, Hq, Nq) is max_j s_ij (-inf for rows with no
     admissible key), tau (B, Hq, Nq) the threshold relative to it, p = [(alpha-1)(s - row_max) -
     tau]_+^(1/(alpha-1)) (+inf for empty rows). tile_max (B, Hq, ceil(Nq/TILE), ceil(Nk/TILE)) is
-    the max of s over each TILE x TILE tile (-inf where all excluded): a tile holds a nonzero p
-    only if tile_max > row_max + tau / (alpha - 1) for one of its rows.
+    max (s_ij - row_max_i) over each TILE x TILE tile (-inf where all excluded; the kernels may
+    store any upper bound of it): a tile holds a nonzero p only if tile_max > tau_i / (alpha - 1)
+    for one of its rows i.
     """
     P = _Problem(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha)
     seed = _seed(dropout_p, dropout_seed)
@@ -333,7 +334,7 @@ def attention_forward(
             out[:, :, r0:r1] = o.flatten(1, 2).to(out.dtype)
             tau[:, :, r0:r1] = t.squeeze(-1).flatten(1, 2)
             row_max[:, :, r0:r1] = m.squeeze(-1).flatten(1, 2)
-            tmax[:, :, r0 // TILE: -(-r1 // TILE)] = P.tile_max(s)
+            tmax[:, :, r0 // TILE: -(-r1 // TILE)] = P.tile_max(s - torch.where(torch.isinf(m), 0.0, m))
     return out, tau, row_max, tmax
 
 

@@ -129,7 +129,7 @@ def _tiles_max(s):
 @pytest.mark.parametrize("alpha", [1.5, "per-head", 2.0])
 def test_tau_and_tile_max(oracle, is_causal, alpha):
     """row_max = max_j s_j; tau = -p_max^(alpha-1), relative to (alpha-1) row_max (+inf on dead rows);
-    tile_max = max s per tile."""
+    tile_max = max (s - row_max) per tile."""
     B, H, Nq, Nk = 1, 2, 70, 150
     q, k, v = (torch.randn(B, H, n, 4, dtype=F64) * 2 for n in (Nq, Nk, Nk))
     mask = torch.randn(1, H, Nq, Nk, dtype=F64)
@@ -147,12 +147,12 @@ def test_tau_and_tile_max(oracle, is_causal, alpha):
     assert torch.isinf(expected_tau[..., 5]).all()
     torch.testing.assert_close(tau, expected_tau, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(row_max, smax, rtol=0, atol=0)
-    torch.testing.assert_close(tile_max, _tiles_max(s), rtol=0, atol=0)
+    shift = torch.where(torch.isinf(smax), 0.0, smax).unsqueeze(-1)
+    torch.testing.assert_close(tile_max, _tiles_max(s - shift), rtol=0, atol=0)
 
-    # The promise the kernels rely on: a tile whose max is at most the smallest threshold of its
-    # rows, in units of s (row_max + tau / (alpha - 1)), holds no weight.
-    thr = torch.where(torch.isinf(tau), math.inf, row_max + tau / am1)
-    thr_rows = torch.nn.functional.pad(thr, (0, -Nq % TILE), value=math.inf)
+    # The promise the kernels rely on: a tile whose entry is at most the smallest relative
+    # threshold tau / (alpha - 1) of its rows holds no weight.
+    thr_rows = torch.nn.functional.pad(tau / am1, (0, -Nq % TILE), value=math.inf)
     thr_min = thr_rows.unflatten(-1, (-1, TILE)).amin(-1).unsqueeze(-1)
     dead = tile_max <= thr_min
     assert dead.any() and not dead.all()
