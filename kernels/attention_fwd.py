@@ -23,37 +23,11 @@ import triton.language as tl
 
 from .entmax_rows import alpha_mode
 from .threshold import entmax_power, threshold_stats, threshold_step
+from .tiles import load_tile, score_tile
 
 TILE = 64
 MAX_STEPS = 32
 LIST_CHUNK = 128
-
-
-@triton.jit
-def _score_tile(
-    q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd, stride_mm,
-    stride_mn, Nq, Nk, D, scale, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-    PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
-):
-    """s = scale q k^T (+ float mask) for one key tile; -inf where excluded. BOUNDS=False skips
-    the range and causal checks (interior tiles)."""
-    kt = tl.load(
-        K + k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-        mask=(offs_n[None, :] < Nk) & (offs_d[:, None] < D), other=0.0,
-    )
-    s = tl.dot(q, kt, input_precision=PRECISION) * scale
-    if BOUNDS or MASK_KIND != 0:
-        valid = (offs_m[:, None] < Nq) & (offs_n[None, :] < Nk)
-        if IS_CAUSAL:
-            valid = valid & (offs_n[None, :] <= offs_m[:, None])
-        if MASK_KIND != 0:
-            mptr = Mask + mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
-            if MASK_KIND == 1:
-                valid = valid & (tl.load(mptr, mask=valid, other=0) != 0)
-            else:
-                s += tl.load(mptr, mask=valid, other=0.0).to(tl.float32)
-        s = tl.where(valid, s, float("-inf"))
-    return s
 
 
 @triton.jit
@@ -71,22 +45,13 @@ def _program_coords(Hq, G, Nq, Nk, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexp
 
 
 @triton.jit
-def _load_q(Q, b, h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Nq, D):
-    return tl.load(
-        Q + b.to(tl.int64) * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-        + offs_d[None, :] * stride_qd,
-        mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < D), other=0.0,
-    )
-
-
-@triton.jit
 def _max_tile(q, K, Mask, k_base, mask_base, offs_m, kt, offs_d, stride_kn, stride_kd, stride_mm,
               stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices, n_tiles_m, IS_CAUSAL: tl.constexpr,
               MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
               R: tl.constexpr):
     """One tile of the dense sweep: updates the row max m and writes, per 64-row slice, the max
     of s - m over the tile (>= its value for the final m)."""
-    s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + tl.arange(0, 64), offs_d,
+    s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + tl.arange(0, 64), offs_d,
                     stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL,
                     MASK_KIND, PRECISION, BOUNDS)
     row_max = tl.max(s, 1)
@@ -110,7 +75,7 @@ def adasplash_attention_max(
     pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_q(Q, b, h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Nq, D)
+    q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm, stride_qd, Nq, D)
     k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
     mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
     slices = pid_m * R + tl.arange(0, R)
@@ -178,7 +143,7 @@ def adasplash_attention_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_t = tl.arange(0, 64)
-    q = _load_q(Q, b, h, offs_m, offs_d, stride_qb, stride_qh, stride_qm, stride_qd, Nq, D)
+    q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm, stride_qd, Nq, D)
     k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
     v_base = b.to(tl.int64) * stride_vb + hk * stride_vh
     mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
@@ -213,7 +178,7 @@ def adasplash_attention_fwd(
         s2 = tl.zeros([BLOCK_M], tl.float32)
         for j in range(0, n_live):
             kt = tl.load(List + j)
-            s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + offs_t, offs_d,
+            s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + offs_t, offs_d,
                             stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
                             IS_CAUSAL, MASK_KIND, PRECISION, True)
             d = tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0)
@@ -234,17 +199,14 @@ def adasplash_attention_fwd(
     support = tl.zeros([BLOCK_M], tl.float32)
     for j in range(0, n_live):
         offs_n = tl.load(List + j) * 64 + offs_t
-        s = _score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
                         stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND,
                         PRECISION, True)
         p = entmax_power(tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0), k, ALPHA_MODE)
         l += tl.sum(p, 1)
         if STATS:
             support += tl.sum((p > 0).to(tl.float32), 1)
-        v = tl.load(
-            V + v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-            mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < DV), other=0.0,
-        )
+        v = load_tile(V + v_base, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV)
         acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.library import wrap_triton
 
-from kernels import attention_fwd, entmax_rows
+from kernels import attention_bwd, attention_fwd, entmax_rows
 
 
 def _rows(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -53,10 +53,18 @@ def attention_forward(q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, he
     )
 
 
-def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, dropout_p, is_causal, scale,
-                       alpha, head_alpha, dropout_seed, need_mask_grad, need_alpha_grad):
-    # The Triton backward kernels are not written yet: the reference backward, on the GPU.
-    return torch.ops.adasplash.entmax_attention_backward_reference(
-        grad_out, q, k, v, tau, row_max, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
-        dropout_seed, need_mask_grad, need_alpha_grad,
+def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, dropout_p, is_causal,
+                       scale, alpha, head_alpha, dropout_seed, need_mask_grad, need_alpha_grad):
+    if need_mask_grad:
+        # The gradient of a float mask is dS itself, an (Nq x Nk) tensor: the reference computes
+        # it block by block (on the GPU, with torch ops).
+        return torch.ops.adasplash.entmax_attention_backward_reference(
+            grad_out, q, k, v, tau, row_max, attn_mask, dropout_p, is_causal, scale, alpha,
+            head_alpha, dropout_seed, need_mask_grad, need_alpha_grad,
+        )
+    dq, dk, dv, dalpha = attention_bwd.attention_backward(
+        grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_causal, scale, alpha, head_alpha,
+        need_alpha_grad, launch=wrap_triton,
     )
+    dalpha = dalpha.to(head_alpha.dtype) if need_alpha_grad else q.new_empty(0)
+    return dq, dk, dv, dalpha, q.new_empty(0)

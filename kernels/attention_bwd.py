@@ -1,0 +1,271 @@
+"""Block-sparse alpha-entmax attention backward: deterministic dq, dk, dv and per-row dalpha.
+
+With s the masked scores, d = [(alpha - 1)(s - m) - tau]_+ (m, tau saved by the forward),
+p = d^k (k = 1 / (alpha - 1)), u = p^(2 - alpha) = d^(k - 1) on the support and dP = dO v^T:
+
+    delta_i = sum_j u_ij dP_ij / sum_j u_ij,   dS = u (dP - delta)   (the gradient w.r.t. s),
+    dq = scale dS k,   dk = scale dS^T q,   dv = p^T dO,
+    dalpha_i = (sum_j dP p - delta) / (alpha-1)^2 - (sum_j dP p log p - delta H) / (alpha-1),
+    H = sum_j p log p  (summed over rows and batch into the per-head gradient).
+
+Only the (query block, key block) pairs that the forward's tile table marks live are visited:
+``live_blocks`` turns the table into per-block lists. ``adasplash_attention_bwd_dq`` (one
+program per query block) makes a first pass for delta (and dalpha), then one for dq;
+``adasplash_attention_bwd_dkdv`` (one program per key block and query head) accumulates dk, dv.
+Every output element is written by one program: the results are bitwise reproducible. With
+grouped-query attention, dk and dv are written per query head and summed over each group.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .attention_fwd import TILE, dot_precision, mask_4d
+from .entmax_rows import alpha_mode
+from .tiles import load_tile, mask_scores, score_tile
+
+
+@triton.jit
+def _p_and_u(s, m, t, am1, k, ALPHA_MODE: tl.constexpr):
+    """p = d^k and u = d^(k-1) on the support, d = [(alpha - 1)(s - m) - t]_+."""
+    d = tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0)
+    if ALPHA_MODE == 1:
+        return d * d, d
+    elif ALPHA_MODE == 2:
+        return d, (d > 0).to(tl.float32)
+    else:
+        lg = tl.log2(tl.maximum(d, 1e-30))
+        p = tl.where(d > 0, tl.exp2(k * lg), 0.0)
+        return p, tl.where(d > 0, tl.exp2((k - 1.0) * lg), 0.0)
+
+
+@triton.jit
+def _row_stats(RowMax, Tau, rows, valid):
+    """(m, tau) of the rows, with m = 0 and tau = +inf on rows with no admissible key."""
+    m = tl.load(RowMax + rows, mask=valid, other=float("-inf"))
+    t = tl.load(Tau + rows, mask=valid, other=float("inf"))
+    empty = m == float("-inf")
+    return tl.where(empty, 0.0, m), tl.where(empty, float("inf"), t)
+
+
+@triton.jit
+def _alpha_minus_one(HeadAlpha, h, alpha, HEAD_ALPHA: tl.constexpr):
+    if HEAD_ALPHA:
+        return tl.load(HeadAlpha + h).to(tl.float32) - 1.0
+    else:
+        return alpha - 1.0
+
+
+@triton.jit
+def adasplash_attention_bwd_dq(
+    Q, K, V, DO, Mask, HeadAlpha, RowMax, Tau, KList, KCount, DQ, Delta, DAlphaRow,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    Hq, G, Nq, Nk, D, DV, n_blocks_n, scale, alpha,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
+    HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, NEED_DALPHA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    k_base = b.to(tl.int64) * stride_kb + (h // G) * stride_kh
+    v_base = b.to(tl.int64) * stride_vb + (h // G) * stride_vh
+    mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_b = tl.arange(0, BLOCK_N)
+    rows = bh.to(tl.int64) * Nq + offs_m
+    q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm,
+                  stride_qd, Nq, D)
+    do = load_tile(DO + b.to(tl.int64) * stride_ob + h * stride_oh, offs_m, offs_dv, stride_om,
+                   stride_od, Nq, DV)
+    m, t = _row_stats(RowMax, Tau, rows, offs_m < Nq)
+    am1 = _alpha_minus_one(HeadAlpha, h, alpha, HEAD_ALPHA)
+    k = 1.0 / am1
+    block = bh.to(tl.int64) * tl.num_programs(0) + pid_m
+    n_live = tl.load(KCount + block)
+    KList += block * n_blocks_n
+
+    # pass 1: delta = sum u dP / sum u (and the sums of dalpha)
+    su = tl.zeros([BLOCK_M], tl.float32)
+    sudp = tl.zeros([BLOCK_M], tl.float32)
+    spdp = tl.zeros([BLOCK_M], tl.float32)
+    splogpdp = tl.zeros([BLOCK_M], tl.float32)
+    ent = tl.zeros([BLOCK_M], tl.float32)
+    for j in range(0, n_live):
+        offs_n = tl.load(KList + j) * BLOCK_N + offs_b
+        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND,
+                       PRECISION, True)
+        p, u = _p_and_u(s, m, t, am1, k, ALPHA_MODE)
+        vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
+        dp = tl.dot(do, vt, input_precision=PRECISION)
+        su += tl.sum(u, 1)
+        sudp += tl.sum(u * dp, 1)
+        if NEED_DALPHA:
+            plogp = tl.where(p > 0, p * tl.log(tl.maximum(p, 1e-30)), 0.0)
+            spdp += tl.sum(p * dp, 1)
+            splogpdp += tl.sum(plogp * dp, 1)
+            ent += tl.sum(plogp, 1)
+    delta = sudp / tl.where(su > 0, su, 1.0)
+    tl.store(Delta + rows, delta, mask=offs_m < Nq)
+    if NEED_DALPHA:
+        da = (spdp - delta) / (am1 * am1) - (splogpdp - delta * ent) / am1
+        tl.store(DAlphaRow + rows, da, mask=offs_m < Nq)
+
+    # pass 2: dq = scale dS k
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for j in range(0, n_live):
+        offs_n = tl.load(KList + j) * BLOCK_N + offs_b
+        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND,
+                       PRECISION, True)
+        p, u = _p_and_u(s, m, t, am1, k, ALPHA_MODE)
+        vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
+        ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
+        kb = load_tile(K + k_base, offs_n, offs_d, stride_kn, stride_kd, Nk, D)
+        dq += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
+    tl.store(DQ + rows[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < D))
+
+
+@triton.jit
+def adasplash_attention_bwd_dkdv(
+    Q, K, V, DO, Mask, HeadAlpha, RowMax, Tau, Delta, QList, QCount, DK, DVout,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    Hq, G, Nq, Nk, D, DV, n_blocks_m, scale, alpha,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
+    HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    q_base = b.to(tl.int64) * stride_qb + h * stride_qh
+    o_base = b.to(tl.int64) * stride_ob + h * stride_oh
+    mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_b = tl.arange(0, BLOCK_M)
+    kt = load_tile(K + b.to(tl.int64) * stride_kb + (h // G) * stride_kh, offs_d, offs_n,
+                   stride_kd, stride_kn, D, Nk)
+    vt = load_tile(V + b.to(tl.int64) * stride_vb + (h // G) * stride_vh, offs_dv, offs_n,
+                   stride_vd, stride_vn, DV, Nk)
+    am1 = _alpha_minus_one(HeadAlpha, h, alpha, HEAD_ALPHA)
+    k = 1.0 / am1
+    block = bh.to(tl.int64) * tl.num_programs(0) + pid_n
+    n_live = tl.load(QCount + block)
+    QList += block * n_blocks_m
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    for j in range(0, n_live):
+        offs_m = tl.load(QList + j) * BLOCK_M + offs_b
+        rows = bh.to(tl.int64) * Nq + offs_m
+        q = load_tile(Q + q_base, offs_m, offs_d, stride_qm, stride_qd, Nq, D)
+        do = load_tile(DO + o_base, offs_m, offs_dv, stride_om, stride_od, Nq, DV)
+        m, t = _row_stats(RowMax, Tau, rows, offs_m < Nq)
+        delta = tl.load(Delta + rows, mask=offs_m < Nq, other=0.0)
+        s = tl.dot(q, kt, input_precision=PRECISION) * scale
+        s = mask_scores(s, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                        IS_CAUSAL, MASK_KIND, True)
+        p, u = _p_and_u(s, m, t, am1, k, ALPHA_MODE)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    cols = bh.to(tl.int64) * Nk + offs_n
+    tl.store(DK + cols[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=(offs_n[:, None] < Nk) & (offs_d[None, :] < D))
+    tl.store(DVout + cols[:, None] * DV + offs_dv[None, :], dv.to(DVout.dtype.element_ty),
+             mask=(offs_n[:, None] < Nk) & (offs_dv[None, :] < DV))
+
+
+def live_blocks(tau, tile_max, alpha, head_alpha, block_m: int, block_n: int) -> torch.Tensor:
+    """(B, Hq, ceil(Nq/block_m), ceil(Nk/block_n)) bool: can the block hold a nonzero p?
+
+    A TILE x TILE tile can only if its table entry (an upper bound of s - m) reaches the smallest
+    tau / (alpha - 1) of its rows; a block is live if one of its tiles is.
+    """
+    B, Hq, Nq = tau.shape
+    n_tm, n_tn = tile_max.shape[-2:]
+    am1 = (head_alpha.float().view(1, Hq, 1) - 1.0) if head_alpha is not None else alpha - 1.0
+    thr = torch.nn.functional.pad(tau / am1, (0, n_tm * TILE - Nq), value=math.inf)
+    live = tile_max >= thr.view(B, Hq, n_tm, TILE).amin(-1, keepdim=True)
+    r, c = block_m // TILE, block_n // TILE
+    live = torch.nn.functional.pad(live, (0, -n_tn % c, 0, -n_tm % r))
+    return live.unflatten(-1, (-1, c)).unflatten(-3, (-1, r)).any(-1).any(-2)
+
+
+def block_lists(live: torch.Tensor):
+    """Per row of ``live`` (..., n), the column indices of its True entries first, and their count."""
+    count = live.sum(-1, dtype=torch.int32)
+    order = torch.argsort((~live).to(torch.int8), dim=-1, stable=True)
+    return order.to(torch.int32).contiguous(), count.contiguous()
+
+
+def _identity(kernel):
+    return kernel
+
+
+def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_causal, scale,
+                       alpha, head_alpha=None, need_alpha_grad=False, launch=_identity):
+    """(dq, dk, dv, dalpha or None) of entmax attention (no dropout, no mask gradient)."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk, DV = k.shape[1], k.shape[2], v.shape[-1]
+    G = Hq // Hkv
+    block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
+    small = max(block_d, block_dv) > 128
+    bm_q, bn_q = (64, 64) if small else (128, 64)
+    bm_k, bn_k = (64, 64) if small else (64, 128)
+    mask, ms, mask_kind = mask_4d(attn_mask)
+    mask = mask if mask is not None else q
+    scale = float(scale if scale is not None else D ** -0.5)
+    per_head = head_alpha is not None
+    f32 = dict(dtype=torch.float32, device=q.device)
+    dq = torch.empty((B, Hq, Nq, D), dtype=q.dtype, device=q.device)
+    delta = torch.empty((B, Hq, Nq), **f32)
+    da_rows = torch.zeros((B, Hq, Nq), **f32) if need_alpha_grad else delta
+    part = torch.float32 if G > 1 else None
+    dk = torch.zeros((B, Hq, Nk, D), dtype=part or k.dtype, device=q.device)
+    dv = torch.zeros((B, Hq, Nk, DV), dtype=part or v.dtype, device=q.device)
+    if B * Hq * Nq * Nk > 0:
+        do = grad_out
+        common = dict(IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind,
+                      ALPHA_MODE=alpha_mode(alpha, per_head), HEAD_ALPHA=per_head,
+                      PRECISION=dot_precision(q.dtype), BLOCK_D=block_d, BLOCK_DV=block_dv)
+        strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *ms)
+        ha = head_alpha if per_head else q
+        live = live_blocks(tau, tile_max, alpha, head_alpha, bm_q, bn_q)
+        k_list, k_count = block_lists(live)
+        launch(adasplash_attention_bwd_dq)[(live.shape[2], B * Hq)](
+            q, k, v, do, mask, ha, row_max, tau, k_list, k_count, dq, delta, da_rows, *strides,
+            Hq, G, Nq, Nk, D, DV, live.shape[3], scale, float(alpha), NEED_DALPHA=need_alpha_grad,
+            BLOCK_M=bm_q, BLOCK_N=bn_q, **common, num_warps=8 if bm_q == 128 else 4, num_stages=2,
+        )
+        live = live_blocks(tau, tile_max, alpha, head_alpha, bm_k, bn_k).transpose(-1, -2)
+        q_list, q_count = block_lists(live)
+        launch(adasplash_attention_bwd_dkdv)[(live.shape[2], B * Hq)](
+            q, k, v, do, mask, ha, row_max, tau, delta, q_list, q_count, dk, dv, *strides,
+            Hq, G, Nq, Nk, D, DV, live.shape[3], scale, float(alpha),
+            BLOCK_M=bm_k, BLOCK_N=bn_k, **common, num_warps=8 if bn_k == 128 else 4,
+            num_stages=2,
+        )
+    if G > 1:
+        dk = dk.view(B, Hkv, G, Nk, D).sum(2).to(k.dtype)
+        dv = dv.view(B, Hkv, G, Nk, DV).sum(2).to(v.dtype)
+    dalpha = da_rows.sum((0, 2)) if need_alpha_grad else None
+    return dq, dk, dv, dalpha

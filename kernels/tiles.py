@@ -1,0 +1,43 @@
+"""Triton helpers shared by the attention kernels: tile loads and masked scores."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
+    """A (rows x cols) tile, zero outside [0, n_r) x [0, n_c)."""
+    return tl.load(ptr + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c,
+                   mask=(offs_r[:, None] < n_r) & (offs_c[None, :] < n_c), other=0.0)
+
+
+@triton.jit
+def mask_scores(s, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr):
+    """Add a float mask to the (query x key) scores s and set -inf where a bool mask, causality
+    (key > query) or the ranges exclude. BOUNDS=False skips the range and causal checks."""
+    if BOUNDS or MASK_KIND != 0:
+        valid = (offs_m[:, None] < Nq) & (offs_n[None, :] < Nk)
+        if IS_CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        if MASK_KIND != 0:
+            mptr = Mask + mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+            if MASK_KIND == 1:
+                valid = valid & (tl.load(mptr, mask=valid, other=0) != 0)
+            else:
+                s += tl.load(mptr, mask=valid, other=0.0).to(tl.float32)
+        s = tl.where(valid, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def score_tile(
+    q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd, stride_mm,
+    stride_mn, Nq, Nk, D, scale, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
+):
+    """s = scale q k^T (+ mask) for the keys offs_n, with q (rows x D) already loaded."""
+    kt = load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk)
+    s = tl.dot(q, kt, input_precision=PRECISION) * scale
+    return mask_scores(s, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                       IS_CAUSAL, MASK_KIND, BOUNDS)
