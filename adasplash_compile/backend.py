@@ -58,7 +58,8 @@ class Backend:
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs, mode: Optional[str] = None,
                  options: Optional[dict] = None):
-        report = rewrite(gm, self.alpha, self.scope, index=next(self._graphs))
+        keep_graphs = self._sink is not None or bool(self.dump_dir or os.environ.get(DUMP_ENV))
+        report = rewrite(gm, self.alpha, self.scope, index=next(self._graphs), graphs=keep_graphs)
         self._dump(report)
         if self._sink is not None:
             self._sink.append(report)

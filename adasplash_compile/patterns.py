@@ -43,6 +43,10 @@ class Skip(Exception):
     """A site that is left alone; the message says why."""
 
 
+class MarkingError(ValueError):
+    """A ``sparse_attention`` marking that does not fit the attention it marks."""
+
+
 # One view op to apply to a tensor: (torch function, extra args).
 View = tuple
 
@@ -560,7 +564,7 @@ class MarkedAlpha:
 def alpha_operand(alpha, hq: int, scores_rank: int, where: str):
     """The op's alpha: a float as is; a tensor as an operand of shape (Hq,), one per query head.
 
-    A marking's tensor must have shape (Hq,) (else ValueError); an entmax alpha tensor must
+    A marking's tensor must have shape (Hq,) (else MarkingError); an entmax alpha tensor must
     broadcast to the scores without the key dim and vary only along the heads.
     """
     if isinstance(alpha, float):
@@ -568,7 +572,7 @@ def alpha_operand(alpha, hq: int, scores_rank: int, where: str):
     if isinstance(alpha, MarkedAlpha):
         shape = tuple(example(alpha.node).shape)
         if shape != (hq,):
-            raise ValueError(f"sparse_attention alpha of shape {shape} at {where}: the attention "
+            raise MarkingError(f"sparse_attention alpha of shape {shape} at {where}: the attention "
                              f"there has {hq} query heads, so alpha must have shape ({hq},)")
         return Operand(alpha.node)
     shape = tuple(example(alpha).shape)

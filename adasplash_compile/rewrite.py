@@ -21,15 +21,14 @@ from .patterns import Match, ModuleMatch, Operand, Skip
 from .report import GraphReport, Site
 from .spellings import example, parse
 
-_ANCHORS = {"softmax", "entmax", "sdpa", "mha", "encoder_layer_fastpath"}
 _META = ("nn_module_stack", "source_fn_stack", "stack_trace")
 
 
 class _Emitter:
-    """Inserts call_function nodes before ``before``, with the anchor's metadata."""
+    """Inserts nodes before ``anchor``, with its metadata and fake example values."""
 
-    def __init__(self, gm: GraphModule, before: Node, anchor: Node):
-        self.gm, self.graph, self.before, self.anchor = gm, gm.graph, before, anchor
+    def __init__(self, gm: GraphModule, anchor: Node):
+        self.graph, self.anchor = gm.graph, anchor
         self.fake_mode = getattr(example(anchor), "fake_mode", None)
         if self.fake_mode is None and isinstance(example(anchor), tuple):  # a module call's outputs
             self.fake_mode = getattr(example(anchor)[0], "fake_mode", None)
@@ -51,7 +50,7 @@ class _Emitter:
     def call(self, target, *args, **kwargs) -> Node:
         """A call_function node, or a call_method node when ``target`` is a method name."""
         method = isinstance(target, str)
-        with self.graph.inserting_before(self.before):
+        with self.graph.inserting_before(self.anchor):
             make = self.graph.call_method if method else self.graph.call_function
             node = make(target, args, kwargs)
         fn = (lambda x, *a, **k: getattr(x, target)(*a, **k)) if method else target
@@ -101,7 +100,7 @@ def _alpha(em: _Emitter, alpha):
 
 
 def emit_attention(gm: GraphModule, m: Match) -> None:
-    em = _Emitter(gm, m.anchor, m.anchor)
+    em = _Emitter(gm, m.anchor)
     q, k, v = em.operand(m.q), em.operand(m.k), em.operand(m.v)
     mask = _mask(em, m.mask)
     alpha, head_alpha = _alpha(em, m.alpha)
@@ -126,7 +125,7 @@ def emit_attention(gm: GraphModule, m: Match) -> None:
 
 
 def emit_module_call(gm: GraphModule, m: ModuleMatch) -> None:
-    em = _Emitter(gm, m.anchor, m.anchor)
+    em = _Emitter(gm, m.anchor)
     alpha, head_alpha = _alpha(em, m.alpha)
     node = em.call(m.target, *m.anchor.args, **m.anchor.kwargs, alpha=alpha, head_alpha=head_alpha)
     m.anchor.replace_all_uses_with(node)
@@ -146,9 +145,11 @@ def _describe_alpha(alpha) -> str:
     return f"tensor{tuple(example(alpha.node).shape)}"
 
 
-def rewrite(gm: GraphModule, alpha: float = 1.5, scope: str = "all", index: int = 0) -> GraphReport:
-    """Rewrite the attention sites of ``gm`` in place; returns what was found."""
-    before = gm.print_readable(print_output=False)
+def rewrite(gm: GraphModule, alpha: float = 1.5, scope: str = "all", index: int = 0,
+            graphs: bool = True) -> GraphReport:
+    """Rewrite the attention sites of ``gm`` in place; returns what was found (with the readable
+    graph before and after when ``graphs``)."""
+    before = gm.print_readable(print_output=False) if graphs else ""
     markers = [n for n in gm.graph.nodes if getattr(parse(n), "kind", None) == "head_alpha"]
     marked_alphas = {enclosing(n)[2]: n.args[0] for n in markers}
     sites = []
@@ -156,49 +157,62 @@ def rewrite(gm: GraphModule, alpha: float = 1.5, scope: str = "all", index: int 
         if node.graph is not gm.graph:  # erased by an earlier rewrite
             continue
         call = parse(node)
-        if call is None or call.kind not in _ANCHORS:
-            continue
-        sites.append(_site(gm, call, alpha, scope, index, marked_alphas))
+        if call is not None and call.kind in _PATTERN_NAMES:
+            sites.append(_site(gm, call, alpha, scope, index, marked_alphas))
     _erase_unused(gm, markers)
     if markers or any(s.rewritten for s in sites):
         gm.graph.lint()
         gm.recompile()
-    return GraphReport(index, before, gm.print_readable(print_output=False), sites)
+    after = gm.print_readable(print_output=False) if graphs else ""
+    return GraphReport(index, before, after, sites)
+
+
+# Anchor kinds and the pattern name a site gets when it is left alone.
+_PATTERN_NAMES = {"softmax": "softmax", "entmax": "entmax", "sdpa": "sdpa",
+                  "mha": "multi_head_attention_forward",
+                  "encoder_layer_fastpath": "transformer_encoder_layer_fwd"}
+
+
+def _match(call, alpha, where: str):
+    if example(call.node) is None:
+        raise Skip("the graph has no example values (shapes) for this node")
+    if call.kind in ("mha", "encoder_layer_fastpath"):
+        return patterns.match_module_call(call, alpha, where)
+    if call.kind == "sdpa":
+        return patterns.match_sdpa(call, alpha, where)
+    return patterns.match_normalizer(call, alpha, where)
 
 
 def _site(gm: GraphModule, call, default_alpha: float, scope: str, index: int,
           marked_alphas: dict) -> Site:
+    """Decide, match and rewrite one site."""
     marking, marked, path, module_type = enclosing(call.node)
     where = path or "the top level"
+    left_alone = dict(graph=index, node=call.node.name, module=path, module_type=module_type,
+                      pattern=_PATTERN_NAMES[call.kind], rewritten=False)
+    if marking is not None and not marking.enabled:
+        return Site(**left_alone, reason=f"excluded by sparse_attention(enabled=False) on {where}")
+    if scope == "marked" and marking is None:
+        return Site(**left_alone, reason="not inside a module marked with sparse_attention (scope='marked')")
     alpha = default_alpha
     if marking is not None and isinstance(marking.alpha, float):
         alpha = marking.alpha
     elif marking is not None and marking.alpha is not None:
-        alpha = patterns.MarkedAlpha(marked_alphas[marked]) if marked in marked_alphas else None
-    pattern = {"softmax": "softmax", "entmax": "entmax", "sdpa": "sdpa", "mha": "multi_head_attention_forward",
-               "encoder_layer_fastpath": "transformer_encoder_layer_fwd"}[call.kind]
-    info = dict(graph=index, node=call.node.name, module=path, module_type=module_type)
-    if marking is not None and not marking.enabled:
-        return Site(**info, pattern=pattern, rewritten=False,
-                    reason=f"excluded by sparse_attention(enabled=False) on {where}")
-    if scope == "marked" and marking is None:
-        return Site(**info, pattern=pattern, rewritten=False,
-                    reason="not inside a module marked with sparse_attention (scope='marked')")
+        if marked not in marked_alphas:
+            return Site(**left_alone, reason=f"the alpha tensor of sparse_attention on {marked} is not "
+                                             f"in this graph (a graph break inside the module?)")
+        alpha = patterns.MarkedAlpha(marked_alphas[marked])
     try:
-        if alpha is None:
-            raise Skip(f"the alpha tensor of sparse_attention on {marked} is not in this graph "
-                       f"(a graph break between the module's start and its attention?)")
-        if call.kind in ("mha", "encoder_layer_fastpath"):
-            m = patterns.match_module_call(call, alpha, where)
-        elif call.kind == "sdpa":
-            m = patterns.match_sdpa(call, alpha, where)
-        else:
-            m = patterns.match_normalizer(call, alpha, where)
+        m = _match(call, alpha, where)
     except Skip as skip:
-        return Site(**info, pattern=pattern, rewritten=False, reason=str(skip))
+        return Site(**left_alone, reason=str(skip))
+    except patterns.MarkingError:
+        raise
+    except Exception as error:  # matching only reads the graph: leave the site as it is
+        return Site(**left_alone, reason=f"not understood by the pass ({type(error).__name__}: {error})")
+    info = dict(left_alone, pattern=m.pattern, rewritten=True, alpha=_describe_alpha(m.alpha))
     if isinstance(m, ModuleMatch):
         emit_module_call(gm, m)
-        return Site(**info, pattern=m.pattern, rewritten=True, alpha=_describe_alpha(m.alpha))
+        return Site(**info)
     emit_attention(gm, m)
-    return Site(**info, pattern=m.pattern, rewritten=True, alpha=_describe_alpha(m.alpha),
-                mask=m.mask.kind(m.is_causal), dropout=m.dropout_p)
+    return Site(**info, mask=m.mask.kind(m.is_causal), dropout=m.dropout_p)

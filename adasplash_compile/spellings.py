@@ -84,7 +84,7 @@ _FUNCTIONS: dict[Any, Signature] = {
     torch.bitwise_not: _sig("not", "input"),
     F.dropout: _sig("dropout", "input", p=0.5, training=True, inplace=False),
     torch.dropout: _sig("dropout", "input", "p", "training"),
-    torch.full: _sig("full", "size", "fill_value", variadic=False, dtype=None, layout=None, device=None,
+    torch.full: _sig("full", "size", "fill_value", dtype=None, layout=None, device=None,
                      pin_memory=None, requires_grad=False),
     torch.tensor: _sig("tensor", "data", dtype=None, device=None, requires_grad=False, pin_memory=False),
     torch.scalar_tensor: _sig("tensor", "data", dtype=None, layout=None, device=None, pin_memory=None),
