@@ -19,6 +19,9 @@ from .functional import entmax_attention
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *,
                       alpha: float = 1.5, **kwargs):
     """An ``AttentionInterface`` function: (B, H, N, D) inputs, (B, N, H, D) output, no weights."""
+    for name in ("softcap", "s_aux"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"entmax attention does not support {name} (got {name}={kwargs[name]!r})")
     mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
     out = entmax_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
                            alpha=alpha, enable_gqa=key.shape[1] != query.shape[1])
