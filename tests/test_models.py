@@ -130,6 +130,24 @@ def test_llama_fullgraph():
     assert_close(out, with_attention(model, ENTMAX)(**inputs).logits)
 
 
+def test_gemma2_soft_capping_is_left_alone():
+    """tanh soft-capping of the scores has no entmax-attention equivalent: softmax stays."""
+    if not hasattr(transformers, "Gemma2ForCausalLM"):
+        pytest.skip("this transformers has no Gemma2")
+    config = transformers.Gemma2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64,
+                                       num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                       num_key_value_heads=2, head_dim=HIDDEN // HEADS)
+    model = transformers.Gemma2ForCausalLM._from_config(config, attn_implementation="eager").eval()
+    ids = token_ids()
+    report = ac.explain(model, input_ids=ids)
+    assert [s.reason for s in report.sites] == ["the scores pass through tanh() before the softmax"] * LAYERS
+    torch._dynamo.reset()
+    out = torch.compile(model, backend=aot())(input_ids=ids).logits
+    assert_close(out, model(input_ids=ids).logits)
+    with pytest.raises(ValueError, match="entmax attention does not support softcap"):
+        with_attention(model, ENTMAX)(input_ids=ids)
+
+
 @pytest.mark.slow
 def test_llama_under_inductor():
     check_model(tiny("llama", "eager"), {"input_ids": token_ids()}, backend=ac.backend)
