@@ -15,20 +15,17 @@ import types
 from functools import partial
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .functional import attention_op
 
 
 def entmax_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                 enable_gqa=False, *, alpha: float = 1.5, head_alpha: Optional[Tensor] = None):
     """``F.scaled_dot_product_attention``'s arguments, computed as entmax attention."""
-    seed = None
-    if dropout_p > 0:
-        seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=query.device)
-    out = torch.ops.adasplash.entmax_attention(
-        query, key, value, attn_mask, float(dropout_p), is_causal, scale, alpha, head_alpha, seed)[0]
-    return out
+    return attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                        alpha if head_alpha is None else head_alpha)
 
 
 def _with_sdpa(fn, sdpa):

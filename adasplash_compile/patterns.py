@@ -35,7 +35,7 @@ from torch.fx import Node
 from . import module_calls
 from .spellings import Call, constant, describe, example, parse
 
-# A finite fill value at or below this is treated as "masked" (see ``_mask_plan``).
+# A finite fill value at or below this is treated as "masked" (see ``mask_plan``).
 FILL_LIMIT = -1e4
 
 
