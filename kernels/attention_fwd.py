@@ -28,6 +28,9 @@ from .tiles import load_tile, score_tile
 TILE = 64
 MAX_STEPS = 32
 LIST_CHUNK = 128
+# Query rows per program of the dense and the sparse kernel (head dims up to 128; 64 above).
+DENSE_BLOCK_M = 128
+SPARSE_BLOCK_M = 128
 
 
 @triton.jit
@@ -258,8 +261,9 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     n_tm, n_tn = triton.cdiv(Nq, TILE), triton.cdiv(Nk, TILE)
     tile_max = torch.full((B, Hq, n_tm, n_tn), float("-inf"), **f32)
     block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
-    block_m = 64 if max(block_d, block_dv) > 128 or Nq <= 64 else 128
-    n_mb = triton.cdiv(Nq, block_m)
+    wide = max(block_d, block_dv) > 128
+    dense_m, sparse_m = (64, 64) if wide or Nq <= 64 else (DENSE_BLOCK_M, SPARSE_BLOCK_M)
+    n_mb = triton.cdiv(Nq, sparse_m)
     stat_buf = torch.zeros((B, Hq, n_mb, 4), **f32) if stats else tau
     if B * Hq * Nq == 0:
         return (out, tau, row_max, tile_max) + ((stat_buf,) if stats else ())
@@ -267,21 +271,20 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     mask = mask if mask is not None else q
     scale = float(scale if scale is not None else D ** -0.5)
     common = dict(IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind, PRECISION=dot_precision(q.dtype),
-                  BLOCK_M=block_m, BLOCK_D=block_d)
-    num_warps = 8 if block_m == 128 else 4
-    grid = (n_mb, B * Hq)
-    launch(adasplash_attention_max)[grid](
+                  BLOCK_D=block_d)
+    launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), B * Hq)](
         q, k, mask, row_max, tile_max, *q.stride(), *k.stride(), *ms,
-        Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, scale, **common, num_warps=num_warps, num_stages=3,
+        Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, scale, BLOCK_M=dense_m, **common,
+        num_warps=8 if dense_m == 128 else 4, num_stages=3,
     )
     live_list = torch.empty((B * Hq * n_mb * n_tn,), dtype=torch.int32, device=q.device)
     per_head = head_alpha is not None
-    launch(adasplash_attention_fwd)[grid](
+    launch(adasplash_attention_fwd)[(n_mb, B * Hq)](
         q, k, v, mask, head_alpha if per_head else q, row_max, tile_max, live_list, out, tau,
         stat_buf, *q.stride(), *k.stride(), *v.stride(), *ms,
         Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, scale, float(alpha),
         ALPHA_MODE=alpha_mode(alpha, per_head), HEAD_ALPHA=per_head, BLOCK_DV=block_dv,
-        MAX_STEPS=MAX_STEPS, LIST_CHUNK=LIST_CHUNK, STATS=stats, **common,
-        num_warps=num_warps, num_stages=2,
+        MAX_STEPS=MAX_STEPS, LIST_CHUNK=LIST_CHUNK, STATS=stats, BLOCK_M=sparse_m, **common,
+        num_warps=8 if sparse_m == 128 else 4, num_stages=2,
     )
     return (out, tau, row_max, tile_max) + ((stat_buf,) if stats else ())

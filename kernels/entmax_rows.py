@@ -22,81 +22,89 @@ from .threshold import entmax_power, threshold_stats, threshold_step
 
 MAX_ON_CHIP = 16384
 MAX_STEPS = 32
+ROW_ELEMENTS = 4096
 
 
 @triton.jit
-def _row_alpha(Alpha, row, alpha, PER_ROW_ALPHA: tl.constexpr):
+def _row_params(Alpha, rows, row_ok, alpha, ROWS: tl.constexpr, PER_ROW_ALPHA: tl.constexpr):
+    """(alpha, alpha - 1, 1 / (alpha - 1)) per row, as [ROWS] vectors."""
     if PER_ROW_ALPHA:
-        return tl.load(Alpha + row).to(tl.float32)
+        a = tl.load(Alpha + rows, mask=row_ok, other=1.5).to(tl.float32)
     else:
-        return alpha
+        a = tl.full([ROWS], alpha, tl.float32)
+    return a, a - 1.0, 1.0 / (a - 1.0)
 
 
 @triton.jit
-def _load_row(X, offs, N):
-    return tl.load(X + offs, mask=offs < N, other=float("-inf")).to(tl.float32)
+def _load_rows(ptrs, offs, n, row_ok, other):
+    return tl.load(ptrs + offs, mask=row_ok[:, None] & (offs < n), other=other).to(tl.float32)
 
 
 @triton.jit
 def adasplash_entmax_fwd(
-    X, P, Alpha, stride_x, stride_p, N, alpha,
-    ALPHA_MODE: tl.constexpr, PER_ROW_ALPHA: tl.constexpr, BLOCK: tl.constexpr,
-    ON_CHIP: tl.constexpr, MAX_STEPS: tl.constexpr,
+    X, P, Alpha, stride_x, stride_p, R, N, alpha,
+    ALPHA_MODE: tl.constexpr, PER_ROW_ALPHA: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK: tl.constexpr, ON_CHIP: tl.constexpr, MAX_STEPS: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = X + row * stride_x
-    p_row = P + row * stride_p
-    am1 = _row_alpha(Alpha, row, alpha, PER_ROW_ALPHA) - 1.0
-    k = 1.0 / am1
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < R
+    x_rows = X + rows.to(tl.int64)[:, None] * stride_x
+    p_rows = P + rows.to(tl.int64)[:, None] * stride_p
+    _, am1, k = _row_params(Alpha, rows, row_ok, alpha, ROWS, PER_ROW_ALPHA)
     offs = tl.arange(0, BLOCK)[None, :]
+    ninf = float("-inf")
 
     if ON_CHIP:
-        x = _load_row(x_row, offs, N)
+        x = _load_rows(x_rows, offs, N, row_ok, ninf)
         xmax = tl.max(x, 1)
     else:
-        xmax = tl.full([1], float("-inf"), tl.float32)
+        xmax = tl.full([ROWS], ninf, tl.float32)
         for c in range(0, N, BLOCK):
-            xmax = tl.maximum(xmax, tl.max(_load_row(x_row + c, offs, N - c), 1))
-    empty = xmax == float("-inf")
+            xmax = tl.maximum(xmax, tl.max(_load_rows(x_rows + c, offs, N - c, row_ok, ninf), 1))
+    empty = xmax == ninf
     xmax = tl.where(empty, 0.0, xmax)
     if ON_CHIP:
-        z = am1 * (x - xmax[:, None])
+        z = am1[:, None] * (x - xmax[:, None])
 
     t = tl.where(empty, float("inf"), -1.0)
     lo = t
     hi = tl.where(empty, float("inf"), 0.0)
-    prev = tl.full([1], -1.0, tl.float32)
+    prev = tl.full([ROWS], -1.0, tl.float32)
     done = empty
     step = 0
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
         if ON_CHIP:
-            count, s1, s2 = threshold_stats(tl.maximum(z - t[:, None], 0.0), ALPHA_MODE, k)
+            count, s1, s2 = threshold_stats(tl.maximum(z - t[:, None], 0.0), ALPHA_MODE, k[:, None])
         else:
-            count = tl.zeros([1], tl.float32)
-            s1 = tl.zeros([1], tl.float32)
-            s2 = tl.zeros([1], tl.float32)
+            count = tl.zeros([ROWS], tl.float32)
+            s1 = tl.zeros([ROWS], tl.float32)
+            s2 = tl.zeros([ROWS], tl.float32)
             for c in range(0, N, BLOCK):
-                zc = am1 * (_load_row(x_row + c, offs, N - c) - xmax[:, None])
-                c0, c1, c2 = threshold_stats(tl.maximum(zc - t[:, None], 0.0), ALPHA_MODE, k)
+                zc = am1[:, None] * (_load_rows(x_rows + c, offs, N - c, row_ok, ninf) - xmax[:, None])
+                c0, c1, c2 = threshold_stats(tl.maximum(zc - t[:, None], 0.0), ALPHA_MODE, k[:, None])
                 count += c0
                 s1 += c1
                 s2 += c2
-        t, lo, hi, prev, done = threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE)
+        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, prev, k,
+                                                         ALPHA_MODE)
+        t = tl.where(done, t, t_next)
+        done = done | converged
         step += 1
 
     if ON_CHIP:
-        p = entmax_power(tl.maximum(z - t[:, None], 0.0), k, ALPHA_MODE)
-        tl.store(p_row + offs, p.to(P.dtype.element_ty), mask=offs < N)
+        p = entmax_power(tl.maximum(z - t[:, None], 0.0), k[:, None], ALPHA_MODE)
+        tl.store(p_rows + offs, p.to(P.dtype.element_ty), mask=row_ok[:, None] & (offs < N))
     else:
         for c in range(0, N, BLOCK):
-            zc = am1 * (_load_row(x_row + c, offs, N - c) - xmax[:, None])
-            p = entmax_power(tl.maximum(zc - t[:, None], 0.0), k, ALPHA_MODE)
-            tl.store(p_row + c + offs, p.to(P.dtype.element_ty), mask=offs < N - c)
+            zc = am1[:, None] * (_load_rows(x_rows + c, offs, N - c, row_ok, ninf) - xmax[:, None])
+            p = entmax_power(tl.maximum(zc - t[:, None], 0.0), k[:, None], ALPHA_MODE)
+            tl.store(p_rows + c + offs, p.to(P.dtype.element_ty),
+                     mask=row_ok[:, None] & (offs < N - c))
 
 
 @triton.jit
 def _support_weight(p, a, ALPHA_MODE: tl.constexpr):
-    """u = p^(2 - alpha) on the support."""
+    """u = p^(2 - alpha) on the support (a broadcasts against p)."""
     if ALPHA_MODE == 1:
         return tl.sqrt(p)
     elif ALPHA_MODE == 2:
@@ -120,31 +128,32 @@ def _grad_sums(p, g, a, ALPHA_MODE: tl.constexpr, NEED_DALPHA: tl.constexpr):
 
 @triton.jit
 def adasplash_entmax_bwd(
-    G, P, DX, Alpha, DAlpha, stride_g, stride_p, stride_dx, N, alpha,
+    G, P, DX, Alpha, DAlpha, stride_g, stride_p, stride_dx, R, N, alpha,
     ALPHA_MODE: tl.constexpr, PER_ROW_ALPHA: tl.constexpr, NEED_DALPHA: tl.constexpr,
-    BLOCK: tl.constexpr, ON_CHIP: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, ON_CHIP: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    g_row = G + row * stride_g
-    p_row = P + row * stride_p
-    dx_row = DX + row * stride_dx
-    a = _row_alpha(Alpha, row, alpha, PER_ROW_ALPHA)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < R
+    g_rows = G + rows.to(tl.int64)[:, None] * stride_g
+    p_rows = P + rows.to(tl.int64)[:, None] * stride_p
+    dx_rows = DX + rows.to(tl.int64)[:, None] * stride_dx
+    a, am1, _ = _row_params(Alpha, rows, row_ok, alpha, ROWS, PER_ROW_ALPHA)
     offs = tl.arange(0, BLOCK)[None, :]
 
     if ON_CHIP:
-        p = tl.load(p_row + offs, mask=offs < N, other=0.0).to(tl.float32)
-        g = tl.load(g_row + offs, mask=offs < N, other=0.0).to(tl.float32)
-        su, sug, sgp, sgplogp, ent = _grad_sums(p, g, a, ALPHA_MODE, NEED_DALPHA)
+        p = _load_rows(p_rows, offs, N, row_ok, 0.0)
+        g = _load_rows(g_rows, offs, N, row_ok, 0.0)
+        su, sug, sgp, sgplogp, ent = _grad_sums(p, g, a[:, None], ALPHA_MODE, NEED_DALPHA)
     else:
-        su = tl.zeros([1], tl.float32)
-        sug = tl.zeros([1], tl.float32)
-        sgp = tl.zeros([1], tl.float32)
-        sgplogp = tl.zeros([1], tl.float32)
-        ent = tl.zeros([1], tl.float32)
+        su = tl.zeros([ROWS], tl.float32)
+        sug = tl.zeros([ROWS], tl.float32)
+        sgp = tl.zeros([ROWS], tl.float32)
+        sgplogp = tl.zeros([ROWS], tl.float32)
+        ent = tl.zeros([ROWS], tl.float32)
         for c in range(0, N, BLOCK):
-            pc = tl.load(p_row + c + offs, mask=offs < N - c, other=0.0).to(tl.float32)
-            gc = tl.load(g_row + c + offs, mask=offs < N - c, other=0.0).to(tl.float32)
-            c0, c1, c2, c3, c4 = _grad_sums(pc, gc, a, ALPHA_MODE, NEED_DALPHA)
+            pc = _load_rows(p_rows + c, offs, N - c, row_ok, 0.0)
+            gc = _load_rows(g_rows + c, offs, N - c, row_ok, 0.0)
+            c0, c1, c2, c3, c4 = _grad_sums(pc, gc, a[:, None], ALPHA_MODE, NEED_DALPHA)
             su += c0
             sug += c1
             sgp += c2
@@ -153,19 +162,19 @@ def adasplash_entmax_bwd(
 
     delta = sug / tl.where(su > 0, su, 1.0)
     if NEED_DALPHA:
-        am1 = a - 1.0
         da = (sgp - delta) / (am1 * am1) - (sgplogp - delta * ent) / am1
-        tl.store(DAlpha + row + tl.arange(0, 1), da)
+        tl.store(DAlpha + rows, da, mask=row_ok)
 
     if ON_CHIP:
-        dx = _support_weight(p, a, ALPHA_MODE) * (g - delta[:, None])
-        tl.store(dx_row + offs, dx.to(DX.dtype.element_ty), mask=offs < N)
+        dx = _support_weight(p, a[:, None], ALPHA_MODE) * (g - delta[:, None])
+        tl.store(dx_rows + offs, dx.to(DX.dtype.element_ty), mask=row_ok[:, None] & (offs < N))
     else:
         for c in range(0, N, BLOCK):
-            pc = tl.load(p_row + c + offs, mask=offs < N - c, other=0.0).to(tl.float32)
-            gc = tl.load(g_row + c + offs, mask=offs < N - c, other=0.0).to(tl.float32)
-            dx = _support_weight(pc, a, ALPHA_MODE) * (gc - delta[:, None])
-            tl.store(dx_row + c + offs, dx.to(DX.dtype.element_ty), mask=offs < N - c)
+            pc = _load_rows(p_rows + c, offs, N - c, row_ok, 0.0)
+            gc = _load_rows(g_rows + c, offs, N - c, row_ok, 0.0)
+            dx = _support_weight(pc, a[:, None], ALPHA_MODE) * (gc - delta[:, None])
+            tl.store(dx_rows + c + offs, dx.to(DX.dtype.element_ty),
+                     mask=row_ok[:, None] & (offs < N - c))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,9 +191,11 @@ def alpha_mode(alpha: float, per_row: bool) -> int:
 
 
 def _row_config(N: int):
+    """(rows per program, block, whole row on chip, warps): about 4k elements per program."""
     block = min(triton.next_power_of_2(max(N, 16)), MAX_ON_CHIP)
-    num_warps = 4 if block <= 2048 else (8 if block <= 8192 else 16)
-    return block, N <= block, num_warps
+    rows = max(1, ROW_ELEMENTS // block) if N <= block else 1
+    num_warps = 4 if block * rows <= 2048 else (8 if block * rows <= 8192 else 16)
+    return rows, block, N <= block, num_warps
 
 
 def _identity(kernel):
@@ -200,11 +211,11 @@ def entmax_forward(x: torch.Tensor, alpha: float, row_alpha=None, launch=_identi
     p = torch.empty((R, N), dtype=x.dtype, device=x.device)
     if R == 0 or N == 0:
         return p
-    block, on_chip, num_warps = _row_config(N)
+    rows, block, on_chip, num_warps = _row_config(N)
     per_row = row_alpha is not None
-    launch(adasplash_entmax_fwd)[(R,)](
-        x, p, row_alpha if per_row else x, x.stride(0), p.stride(0), N, float(alpha),
-        ALPHA_MODE=alpha_mode(alpha, per_row), PER_ROW_ALPHA=per_row, BLOCK=block,
+    launch(adasplash_entmax_fwd)[(triton.cdiv(R, rows),)](
+        x, p, row_alpha if per_row else x, x.stride(0), p.stride(0), R, N, float(alpha),
+        ALPHA_MODE=alpha_mode(alpha, per_row), PER_ROW_ALPHA=per_row, ROWS=rows, BLOCK=block,
         ON_CHIP=on_chip, MAX_STEPS=MAX_STEPS, num_warps=num_warps,
     )
     return p
@@ -218,12 +229,12 @@ def entmax_backward(grad: torch.Tensor, p: torch.Tensor, alpha: float, row_alpha
     dalpha = torch.empty((R,), dtype=torch.float32, device=p.device) if need_dalpha else None
     if R == 0 or N == 0:
         return dx, (dalpha.zero_() if need_dalpha else None)
-    block, on_chip, num_warps = _row_config(N)
+    rows, block, on_chip, num_warps = _row_config(N)
     per_row = row_alpha is not None
-    launch(adasplash_entmax_bwd)[(R,)](
+    launch(adasplash_entmax_bwd)[(triton.cdiv(R, rows),)](
         grad, p, dx, row_alpha if per_row else p, dalpha if need_dalpha else dx,
-        grad.stride(0), p.stride(0), dx.stride(0), N, float(alpha),
+        grad.stride(0), p.stride(0), dx.stride(0), R, N, float(alpha),
         ALPHA_MODE=alpha_mode(alpha, per_row), PER_ROW_ALPHA=per_row, NEED_DALPHA=need_dalpha,
-        BLOCK=block, ON_CHIP=on_chip, num_warps=num_warps,
+        ROWS=rows, BLOCK=block, ON_CHIP=on_chip, num_warps=num_warps,
     )
     return dx, dalpha

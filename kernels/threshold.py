@@ -33,20 +33,17 @@ def entmax_power(d, k, ALPHA_MODE: tl.constexpr):
 
 @triton.jit
 def threshold_stats(d, ALPHA_MODE: tl.constexpr, k):
-    """Per-row (count, s1, s2) of a 2-D tile of d = [z - t]_+ (see the module docstring)."""
+    """Per-row (count, s1, s2) of a 2-D tile of d = [z - t]_+ (see the module docstring).
+    k broadcasts against d (a scalar, or one value per row as a column)."""
     live = d > 0
     count = tl.sum(live.to(tl.float32), 1)
     if ALPHA_MODE == 1:
-        s1 = tl.sum(d, 1)
-        s2 = tl.sum(d * d, 1)
+        return count, tl.sum(d, 1), tl.sum(d * d, 1)
     elif ALPHA_MODE == 2:
-        s1 = tl.sum(d, 1)
-        s2 = count
+        return count, tl.sum(d, 1), count
     else:
         pk = entmax_power(d, k, ALPHA_MODE)
-        s1 = tl.sum(tl.where(live, pk / tl.maximum(d, 1e-30), 0.0), 1)
-        s2 = tl.sum(pk, 1)
-    return count, s1, s2
+        return count, tl.sum(tl.where(live, pk / tl.maximum(d, 1e-30), 0.0), 1), tl.sum(pk, 1)
 
 
 @triton.jit
@@ -55,8 +52,8 @@ def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
 
     ``prev`` carries the support count of the last pass when that pass took an exact closed-form
     step (else -1): an unchanged count then proves the current t is tau. For alpha = 1.5 the
-    closed form needs s1^2 >= n (s2 - 1); otherwise (too wide a support) a Newton step, which is
-    safe from the left on the convex f, is taken instead. Any other alpha: a Newton step on
+    closed form needs s1^2 >= n (s2 - 1); otherwise (too wide a support) a Newton step on
+    g(t) = (sum d^2)^(1/2) - 1 (below), safe from the left, is taken instead. Any other alpha: a Newton step on
     g(t) = (sum d^k)^(1/k) - 1, nearly linear in t and convex for alpha <= 2 (a k-norm), so it
     converges from the left in a few steps: delta = (F - F^(2 - alpha)) / sum d^(k-1), F = sum d^k.
     It is kept inside the bracket [lo, hi] (f(lo) >= 0 >= f(hi)), bisecting when it would leave it.
@@ -67,7 +64,7 @@ def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
     if ALPHA_MODE == 1:
         disc = s1 * s1 - count * (s2 - 1.0)
         closed = disc >= 0
-        newton = (s2 - 1.0) / tl.where(s1 > 0, 2.0 * s1, 1.0)
+        newton = (s2 - tl.sqrt(s2)) / tl.where(s1 > 0, s1, 1.0)
         delta = tl.where(closed, (s1 - tl.sqrt(tl.maximum(disc, 0.0))) / safe, newton)
         new_t = t + delta
         done = (count == prev) | (tl.abs(delta) <= 1e-7)

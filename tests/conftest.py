@@ -15,11 +15,17 @@ Oracles (all float64, dense, small sizes only):
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from types import SimpleNamespace
 
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter. The variable is read when a kernel
+# is defined, so it is set here, before any test module imports ``kernels``.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,252 @@
+"""The Triton kernels, called through their launch helpers (outside torch.compile).
+
+Without a GPU they run in Triton's interpreter (conftest sets TRITON_INTERPRET=1), at small
+shapes; with one, the same cases run compiled. References: the float64 oracles of conftest and
+autograd through the ``entmax`` package. bf16 is left to the GPU tests: the interpreter's
+``tl.dot`` multiplies bf16 storage bits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import entmax as entmax_pkg
+import pytest
+import torch
+
+from kernels import attention_bwd, attention_fwd, entmax_rows
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+F64 = torch.float64
+TILE = attention_fwd.TILE
+
+
+def _qkv(B=1, Hq=2, Hkv=1, Nq=70, Nk=90, D=16, DV=16, dtype=torch.float32, scale=1.0):
+    q = torch.randn(B, Hq, Nq, D, device=DEV) * scale
+    k = torch.randn(B, Hkv, Nk, D, device=DEV) * scale
+    v = torch.randn(B, Hkv, Nk, DV, device=DEV)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _mask(kind, B, Hq, Nq, Nk):
+    if kind == "bool":
+        return torch.rand(B, 1, Nq, Nk, device=DEV) > 0.3
+    if kind == "float":
+        return torch.randn(Nq, Nk, device=DEV)
+    if kind == "dead rows":  # rows 0..4 see no key at all
+        m = torch.ones(B, Hq, Nq, 1, dtype=torch.bool, device=DEV)
+        m[:, :, :5] = False
+        return m
+    if kind == "finfo.min row":  # every score of row 3 ~ finfo.min: all tie, weights uniform
+        m = torch.zeros(Nq, Nk, device=DEV)
+        m[3] = torch.finfo(torch.float32).min
+        return m
+    return None
+
+
+def _package_normalizer(alpha):
+    """Differentiable entmax over the keys (the entmax package)."""
+    def normalize(s, a):
+        if isinstance(a, float) and a == 1.5:
+            return entmax_pkg.entmax15(s, dim=-1)
+        return entmax_pkg.entmax_bisect(s, a, dim=-1, n_iter=100)
+    return normalize
+
+
+FORWARD_CASES = {
+    "plain": {},
+    "causal": dict(causal=True),
+    "sparsemax": dict(alpha=2.0),
+    "alpha 1.3": dict(alpha=1.3),
+    "alpha 2.5": dict(alpha=2.5),
+    "causal Nq < Nk, several blocks": dict(Nq=130, Nk=200, causal=True, scale=2.0),
+    "causal Nq > Nk": dict(Nq=150, Nk=60, causal=True),
+    "bool mask": dict(mask="bool"),
+    "float mask": dict(mask="float"),
+    "dead rows": dict(mask="dead rows"),
+    "finfo.min row": dict(mask="finfo.min row"),
+    "gqa": dict(Hq=4, Hkv=2, causal=True, Nq=100, Nk=60),
+    "per-head alpha": dict(head_alpha=(1.2, 1.9)),
+    "head dims 80 / 48, scale": dict(D=80, DV=48, sm_scale=0.3),
+    "one query": dict(Nq=1, Nk=77),
+    "float16": dict(dtype=torch.float16, causal=True),
+}
+
+
+def _run_forward(oracle, causal=False, mask=None, alpha=1.5, head_alpha=None, sm_scale=None,
+                 dtype=torch.float32, **shape):
+    q, k, v = _qkv(dtype=dtype, **shape)
+    B, Hq, Nq, _ = q.shape
+    m = _mask(mask, B, Hq, Nq, k.shape[2])
+    ha = torch.tensor(head_alpha, device=DEV) if head_alpha else None
+    out, tau, row_max, tile_max, stats = attention_fwd.attention_forward(
+        q, k, v, m, causal, sm_scale, alpha, ha, stats=True)
+    a = ha.double() if ha is not None else alpha
+    expected = oracle.attention(q, k, v, m, causal, sm_scale, a)
+    return (q, k, v, m, causal, sm_scale, alpha, ha), (out, tau, row_max, tile_max, stats), expected
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES)
+def test_attention_forward(oracle, case):
+    """out against the oracle; row_max, tau and tile_max keep their contract; stats add up."""
+    cfg = FORWARD_CASES[case]
+    args, (out, tau, row_max, tile_max, stats), expected = _run_forward(oracle, **cfg)
+    q, k, v, m, causal, sm_scale, alpha, ha = args
+    tol = 2e-3 if q.dtype == torch.float16 else 2e-5
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+
+    Hq = q.shape[1]
+    s = oracle.scores(q.double(), k.double().repeat_interleave(Hq // k.shape[1], 1),
+                      None if m is None else (m if m.dtype == torch.bool else m.double()),
+                      causal, sm_scale)
+    smax = s.amax(-1)
+    torch.testing.assert_close(row_max.double(), smax, rtol=1e-5, atol=1e-5)
+    am1 = (ha.double().view(1, Hq, 1) if ha is not None else torch.tensor(alpha, dtype=F64)) - 1
+    p = oracle.entmax(s, am1 + 1 if ha is not None else alpha)
+    fin = torch.isfinite(smax)
+    assert torch.isinf(tau[~fin]).all()
+    # p from the saved statistics reproduces the output's weights
+    z = am1.unsqueeze(-1) * (s - torch.where(fin, smax, 0).unsqueeze(-1))
+    p_saved = (z - tau.double().unsqueeze(-1)).clamp_min(0) ** (1 / am1.unsqueeze(-1))
+    torch.testing.assert_close(p_saved.nan_to_num(0), p, rtol=0, atol=100 * tol)
+    # the table bounds max (s - row_max) over each tile from above, and dead tiles hold no p
+    rel = torch.nn.functional.pad(s - torch.where(fin, smax, 0).unsqueeze(-1),
+                                  (0, -s.shape[-1] % TILE, 0, -s.shape[-2] % TILE), value=-math.inf)
+    exact = rel.unflatten(-2, (-1, TILE)).unflatten(-1, (-1, TILE)).amax((-3, -1))
+    assert (tile_max.double() >= exact - 1e-5).all()
+    live = attention_bwd.live_blocks(tau, tile_max, alpha, ha, TILE, TILE)
+    p_tiles = torch.nn.functional.pad(p, (0, -p.shape[-1] % TILE, 0, -p.shape[-2] % TILE))
+    has_p = p_tiles.unflatten(-2, (-1, TILE)).unflatten(-1, (-1, TILE)).amax((-3, -1)) > 0
+    assert not (has_p & ~live).any()
+    # stats: passes, live tiles of the output pass <= admissible tiles, support = #{p > 0}
+    stats = stats.reshape(-1, 4)
+    assert (stats[:, 0] >= 1).all() and (stats[:, 1] <= stats[:, 2]).all()
+    assert stats[:, 3].sum().item() == pytest.approx((p > 0).sum().item(), abs=2)
+
+
+@pytest.mark.parametrize("block_m", [64, 128])
+def test_attention_forward_block_sizes(oracle, block_m, monkeypatch):
+    """Both query-block sizes of the sparse kernel give the same attention."""
+    monkeypatch.setattr(attention_fwd, "SPARSE_BLOCK_M", block_m)
+    _, (out, *_), expected = _run_forward(oracle, Nq=200, Nk=200, causal=True, scale=2.0)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-5, atol=2e-5)
+
+
+BACKWARD_CASES = {
+    "plain": {},
+    "causal, several blocks": dict(Nq=150, Nk=150, causal=True, scale=2.0),
+    "sparsemax": dict(alpha=2.0),
+    "alpha 1.3": dict(alpha=1.3),
+    "bool mask": dict(mask="bool"),
+    "float mask (no grad)": dict(mask="float"),
+    "dead rows": dict(mask="dead rows"),
+    "gqa, Nq > Nk": dict(Hq=4, Hkv=2, causal=True, Nq=100, Nk=60),
+    "per-head alpha": dict(head_alpha=(1.2, 1.9)),
+    "head dims 80 / 48": dict(D=80, DV=48, sm_scale=0.3),
+    "float16": dict(dtype=torch.float16, causal=True),
+}
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES)
+def test_attention_backward(oracle, case):
+    """dq, dk, dv (and dalpha) against autograd of a float64 dense entmax-package attention;
+    two runs agree bitwise; rows that see no key get zero dq."""
+    cfg = dict(BACKWARD_CASES[case])
+    causal, mask, alpha = cfg.pop("causal", False), cfg.pop("mask", None), cfg.pop("alpha", 1.5)
+    head_alpha, sm_scale = cfg.pop("head_alpha", None), cfg.pop("sm_scale", None)
+    q, k, v = _qkv(**cfg)
+    B, Hq, Nq, _ = q.shape
+    m = _mask(mask, B, Hq, Nq, k.shape[2])
+    ha = torch.tensor(head_alpha, device=DEV) if head_alpha else None
+    out, tau, row_max, tile_max = attention_fwd.attention_forward(q, k, v, m, causal, sm_scale,
+                                                                  alpha, ha)
+    do = torch.randn_like(out)
+    runs = [attention_bwd.attention_backward(do, q, k, v, tau, row_max, tile_max, m, causal,
+                                             sm_scale, alpha, ha, need_alpha_grad=ha is not None)
+            for _ in range(2)]
+    for g1, g2 in zip(*runs):
+        assert g1 is None or torch.equal(g1, g2)
+    grads = list(runs[0])
+    assert (grads[3] is None) == (ha is None)
+
+    live = slice(None)
+    if mask == "dead rows":  # no key: zero dq; the oracle only sees the other rows
+        assert (grads[0][:, :, :5] == 0).all()
+        live = slice(5, None)
+        q, do, m, grads[0] = q[:, :, live], do[:, :, live], m[:, :, live], grads[0][:, :, live]
+    exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    a = ha.detach().double().requires_grad_() if ha is not None else alpha
+    m64 = None if m is None else (m if m.dtype == torch.bool else m.double())
+    ref = oracle.attention(*exact, m64, causal, sm_scale, a, normalize=_package_normalizer(alpha))
+    inputs = exact + ([a] if ha is not None else [])
+    expected = torch.autograd.grad(ref, inputs, do.double())
+    tol = 5e-3 if q.dtype == torch.float16 else 5e-5
+    for got, want in zip(grads, expected):
+        scale_ = want.abs().max().clamp_min(1e-6)
+        torch.testing.assert_close(got.double() / scale_, want / scale_, rtol=0, atol=tol)
+
+
+ROW_CASES = [
+    (7, 1.5), (100, 1.5), (1000, 1.5), (100, 2.0), (300, 1.3), (300, 2.7), (5000, 1.5),
+]
+
+
+@pytest.mark.parametrize("n, alpha", ROW_CASES)
+def test_entmax_rows(oracle, n, alpha):
+    """Row kernels against the bisection oracle and the entmax package's gradient, with rows of
+    only -inf and rows of huge values (relative computation)."""
+    x = torch.randn(6, n, device=DEV) * 3
+    x[1, : n // 2] = -math.inf
+    x[2] = -math.inf
+    x[3] = x[3] * 1e-3 - 3e30
+    p = entmax_rows.entmax_forward(x, alpha)
+    torch.testing.assert_close(p.double(), oracle.entmax(x, alpha), rtol=0, atol=2e-6)
+    g = torch.randn_like(x)
+    dx, _ = entmax_rows.entmax_backward(g, p, alpha)
+    xs = x[[0, 4, 5]].double().requires_grad_()
+    ref = entmax_pkg.entmax_bisect(xs, alpha, dim=-1, n_iter=100)
+    (expected,) = torch.autograd.grad(ref, xs, g[[0, 4, 5]].double())
+    torch.testing.assert_close(dx[[0, 4, 5]].double(), expected, rtol=1e-4, atol=1e-5)
+    assert (dx[2] == 0).all()
+
+
+@pytest.mark.parametrize("on_chip", [True, False])
+def test_entmax_rows_per_row_alpha(on_chip, monkeypatch):
+    """Per-row alpha with its gradient, on chip and streamed in chunks (long rows)."""
+    if not on_chip:
+        monkeypatch.setattr(entmax_rows, "MAX_ON_CHIP", 64)
+    x = torch.randn(5, 300, device=DEV) * 2
+    ra = torch.rand(5, device=DEV) + 1.1
+    p = entmax_rows.entmax_forward(x, 1.5, ra)
+    g = torch.randn_like(x)
+    dx, da = entmax_rows.entmax_backward(g, p, 1.5, ra, need_dalpha=True)
+    xs = x.double().requires_grad_()
+    a = ra.double().requires_grad_()
+    ref = entmax_pkg.entmax_bisect(xs, a.unsqueeze(-1), dim=-1, n_iter=100)
+    torch.testing.assert_close(p.double(), ref.detach(), rtol=0, atol=2e-6)
+    exp_dx, exp_da = torch.autograd.grad(ref, (xs, a), g.double())
+    torch.testing.assert_close(dx.double(), exp_dx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(da.double(), exp_da, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.7])
+def test_entmax_rows_streamed_long_rows(oracle, alpha, monkeypatch):
+    """Rows longer than the on-chip limit are streamed: same values and gradients."""
+    monkeypatch.setattr(entmax_rows, "MAX_ON_CHIP", 128)
+    x = torch.randn(3, 1000, device=DEV) * 3
+    p = entmax_rows.entmax_forward(x, alpha)
+    torch.testing.assert_close(p.double(), oracle.entmax(x, alpha), rtol=0, atol=2e-6)
+    g = torch.randn_like(x)
+    dx, _ = entmax_rows.entmax_backward(g, p, alpha)
+    monkeypatch.setattr(entmax_rows, "MAX_ON_CHIP", 16384)
+    dx_chip, _ = entmax_rows.entmax_backward(g, p, alpha)
+    torch.testing.assert_close(dx, dx_chip, rtol=1e-5, atol=1e-6)
+
+
+def test_entmax_rows_half_precision(oracle):
+    """fp16 and bf16 rows (no tl.dot involved) against the oracle."""
+    x = torch.randn(4, 700, device=DEV) * 4
+    for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
+        p = entmax_rows.entmax_forward(x.to(dtype), 1.5)
+        assert p.dtype == dtype
+        torch.testing.assert_close(p.double(), oracle.entmax(x.to(dtype), 1.5), rtol=0, atol=tol)
