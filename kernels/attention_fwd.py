@@ -30,7 +30,7 @@ MAX_STEPS = 32
 LIST_CHUNK = 128
 # Query rows per program of the dense and the sparse kernel (head dims up to 128; 64 above).
 DENSE_BLOCK_M = 128
-SPARSE_BLOCK_M = 128
+SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
 
 
 @triton.jit
