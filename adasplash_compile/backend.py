@@ -58,7 +58,7 @@ class Backend:
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs, mode: Optional[str] = None,
                  options: Optional[dict] = None):
-        keep_graphs = self._sink is not None or bool(self.dump_dir or os.environ.get(DUMP_ENV))
+        keep_graphs = self._sink is not None or self._dump_folder() is not None
         report = rewrite(gm, self.alpha, self.scope, index=next(self._graphs), graphs=keep_graphs)
         self._dump(report)
         if self._sink is not None:
@@ -79,11 +79,14 @@ class Backend:
         patches = list_mode_options(mode) if mode else dict(options or {})
         return compile_fx(gm, example_inputs, config_patches=with_cache_key(patches))
 
-    def _dump(self, report: GraphReport) -> None:
+    def _dump_folder(self) -> Optional[Path]:
         folder = self.dump_dir or os.environ.get(DUMP_ENV)
-        if not folder:
+        return Path(folder) if folder else None
+
+    def _dump(self, report: GraphReport) -> None:
+        folder = self._dump_folder()
+        if folder is None:
             return
-        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"graph_{next(_dump_numbers):03d}"
         (folder / f"{stem}_before.py").write_text(report.before)
@@ -96,6 +99,9 @@ class Backend:
         recorder = Backend(self.alpha, self.scope, "eager", self.dump_dir)
         recorder._sink = []
         torch.compile(model_or_fn, backend=recorder)(*args, **kwargs)
+        if not recorder._sink:
+            raise RuntimeError("torch.compile captured no graph in this call (was the function "
+                               "recompiled too often? torch._dynamo.reset() clears its cache)")
         return Report(recorder._sink)
 
 

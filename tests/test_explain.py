@@ -3,6 +3,7 @@ the graphs before and after the rewrite; graph dumps to a folder during normal c
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -96,3 +97,8 @@ def test_dump_dir_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ADASPLASH_DUMP_DIR", str(tmp_path / "dumps"))
     torch.compile(Model(), backend=aot())(*inputs())
     assert len(list((tmp_path / "dumps").glob("graph_*_after.py"))) == 1
+
+
+def test_no_graph_is_an_error_not_an_empty_report():
+    with pytest.raises(RuntimeError, match="torch.compile captured no graph"):
+        ac.explain(lambda n: n + 1, 3)
