@@ -74,7 +74,8 @@ def _checked(alpha, enabled) -> Marking:
         return Marking(None, enabled)
     if isinstance(alpha, torch.Tensor):
         if alpha.dim() != 1:
-            raise ValueError(f"alpha as a tensor must have shape (num_heads,), got shape {tuple(alpha.shape)}")
+            raise ValueError(f"alpha as a tensor must have shape (num_heads,), got shape "
+                             f"{tuple(alpha.shape)}")
         if alpha.requires_grad and not alpha.is_leaf:
             raise ValueError("alpha must be a leaf tensor (e.g. an nn.Parameter): a computed tensor "
                              "would be captured once and never recomputed")

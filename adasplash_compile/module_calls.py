@@ -42,7 +42,7 @@ def _with_sdpa(fn, sdpa):
 
 
 def sdpa_by_name() -> bool:
-    """Whether this torch's multi_head_attention_forward calls the global scaled_dot_product_attention."""
+    """Whether F.multi_head_attention_forward calls the global scaled_dot_product_attention."""
     return "scaled_dot_product_attention" in F.multi_head_attention_forward.__code__.co_names
 
 

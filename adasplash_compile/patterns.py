@@ -602,8 +602,8 @@ def match_module_call(call: Call, alpha, where: str) -> ModuleMatch:
     """F.multi_head_attention_forward or torch._transformer_encoder_layer_fwd."""
     node = call.node
     if not module_calls.sdpa_by_name():
-        raise Skip("this torch's multi_head_attention_forward does not call scaled_dot_product_attention "
-                   "by name")
+        raise Skip("this torch's multi_head_attention_forward does not call "
+                   "scaled_dot_product_attention by name")
     if call.kind == "mha":
         need_weights = node.kwargs.get("need_weights", node.args[15] if len(node.args) > 15 else True)
         reads_weights = any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users)

@@ -193,7 +193,8 @@ def _site(gm: GraphModule, call, default_alpha: float, scope: str, index: int,
     if marking is not None and not marking.enabled:
         return Site(**left_alone, reason=f"excluded by sparse_attention(enabled=False) on {where}")
     if scope == "marked" and marking is None:
-        return Site(**left_alone, reason="not inside a module marked with sparse_attention (scope='marked')")
+        return Site(**left_alone,
+                    reason="not inside a module marked with sparse_attention (scope='marked')")
     alpha = default_alpha
     if marking is not None and isinstance(marking.alpha, float):
         alpha = marking.alpha

@@ -95,7 +95,8 @@ _FUNCTIONS: dict[Any, Signature] = {
     operator.getitem: _sig("getitem", "input", "index"),
 }
 if hasattr(torch, "_transformer_encoder_layer_fwd"):
-    _FUNCTIONS[torch._transformer_encoder_layer_fwd] = _sig("encoder_layer_fastpath", "args", variadic=True)
+    _FUNCTIONS[torch._transformer_encoder_layer_fwd] = _sig("encoder_layer_fastpath", "args",
+                                                            variadic=True)
 
 # call_method targets (the tensor is the first argument)
 _METHODS: dict[str, Signature] = {

@@ -174,7 +174,8 @@ class EntmaxMHA(nn.Module):
         additive = torch.zeros(n, n)
         for mask, view in ((attn_mask, (n, n)), (key_padding_mask, (b, 1, 1, n))):
             if mask is not None:
-                mask = torch.zeros(mask.shape).masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else mask
+                if mask.dtype == torch.bool:
+                    mask = torch.zeros(mask.shape).masked_fill(mask, float("-inf"))
                 additive = additive + mask.view(view)
         out = ac.entmax_attention(q, k, v, attn_mask=additive)
         return m.out_proj(out.transpose(1, 2).reshape(b, n, e)), None
