@@ -7,6 +7,7 @@ from typing import Optional, Union
 import torch
 
 import lowering  # noqa: F401  (registers torch.ops.adasplash)
+from lowering.stats import attention_stats as _attention_stats
 
 from .checks import check_attention_args, check_entmax_args
 
@@ -63,3 +64,27 @@ def attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, alph
     return torch.ops.adasplash.entmax_attention(
         query, key, value, attn_mask, float(dropout_p), is_causal, scale_f, alpha_f, head_alpha, seed
     )[0]
+
+
+def attention_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    alpha: Alpha = 1.5,
+    enable_gqa: bool = False,
+) -> dict:
+    """How sparse ``entmax_attention`` is on these inputs (runs its forward once, no dropout).
+
+    Returns ``live_tile_fraction`` (of the 64 x 64 query-key tiles with an admissible entry, the
+    share the kernels visit: 1 - block sparsity), ``mean_support`` (keys with nonzero weight per
+    query row), ``mean_keys`` (admissible keys per row) and, on CUDA, ``threshold_passes`` (mean
+    threshold passes per query block). Off the hot path: ``entmax_attention`` computes none of it.
+    """
+    check_attention_args(query, key, value, attn_mask, 0.0, is_causal, scale, alpha, enable_gqa)
+    head_alpha = alpha if isinstance(alpha, torch.Tensor) else None
+    return _attention_stats(query, key, value, attn_mask, is_causal,
+                            None if scale is None else float(scale),
+                            1.5 if head_alpha is not None else float(alpha), head_alpha)

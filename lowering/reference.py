@@ -402,3 +402,19 @@ def _accumulate_mask_grad(dmask: torch.Tensor, ds: torch.Tensor, r0: int, r1: in
     else:
         target = dmask[..., r0:r1, :]
         target += ds.sum_to_size(target.shape)
+
+
+def support_size(q, k, tau, row_max, attn_mask=None, is_causal=False, scale=None, alpha=1.5,
+                 head_alpha=None):
+    """(B, Hq, Nq) number of keys with p > 0 per query row, from the saved (tau, row_max)."""
+    P = _Problem(q, k, k, attn_mask, is_causal, scale, alpha, head_alpha)
+    a = P.alpha
+    count = torch.empty(tau.shape, dtype=torch.int64, device=q.device)
+    with torch.no_grad():
+        for r0, r1 in P.blocks():
+            rows = (slice(None), slice(None), slice(r0, r1))
+            m = row_max[rows].unflatten(1, (P.Hkv, P.G)).unsqueeze(-1).to(P.cd)
+            z, _ = relative_scores(P.scores(r0, r1), a, m)
+            t = tau[rows].unflatten(1, (P.Hkv, P.G)).unsqueeze(-1).to(P.cd)
+            count[rows] = (probabilities(z, t, a) > 0).sum(-1).flatten(1, 2)
+    return count

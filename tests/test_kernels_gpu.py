@@ -140,3 +140,14 @@ def test_entmax_rows(n, dtype, alpha):
     r_dx = reference.entmax_backward(g.double(), p.detach().double(), alpha, -1, None)[0]
     assert _rel(p, r) < REL_TOL[dtype]
     assert _rel(x.grad, r_dx) < 2 * REL_TOL[dtype]
+
+
+def test_attention_stats_on_cuda():
+    """The kernels' statistics agree with the support counted from the reference's weights."""
+    q, k, v = _inputs(1, 2, 2, 2048, 64, torch.float32, 1.5)
+    stats = ac.attention_stats(q, k, v, is_causal=True)
+    r_out, r_tau, r_max, r_tiles = reference.attention_forward(q.double(), k.double(), v.double(),
+                                                                None, 0.0, True, None, 1.5)
+    support = reference.support_size(q.double(), k.double(), r_tau, r_max, None, True)
+    assert stats["mean_support"] == pytest.approx(support.double().mean().item(), rel=1e-3)
+    assert 0 < stats["live_tile_fraction"] < 1 and stats["threshold_passes"] >= 1
