@@ -71,6 +71,8 @@ def adasplash_attention_bwd_dq(
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, NEED_DALPHA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
+    scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
+    alpha = tl.cast(alpha, tl.float32)
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
@@ -150,6 +152,8 @@ def adasplash_attention_bwd_dkdv(
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
+    scale = tl.cast(scale, tl.float32)
+    alpha = tl.cast(alpha, tl.float32)
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // Hq
@@ -260,7 +264,7 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
         launch(adasplash_attention_bwd_dq)[(live.shape[2], B * Hq)](
             q, k, v, do, mask, ha, row_max, tau, k_list, k_count, dq, delta, da_rows, *strides,
             Hq, G, Nq, Nk, D, DV, live.shape[3], scale, float(alpha), NEED_DALPHA=need_alpha_grad,
-            BLOCK_M=bm_q, BLOCK_N=bn_q, **common, num_warps=8 if bm_q * bn_q > 4096 else 4, num_stages=2,
+            BLOCK_M=bm_q, BLOCK_N=bn_q, **common, num_warps=8 if bm_q * bn_q > 4096 else 4, num_stages=1 if small else 2,
         )
         live = live_blocks(tau, tile_max, alpha, head_alpha, bm_k, bn_k).transpose(-1, -2)
         q_list, q_count = block_lists(live)
@@ -268,7 +272,7 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
             q, k, v, do, mask, ha, row_max, tau, delta, q_list, q_count, dk, dv, *strides,
             Hq, G, Nq, Nk, D, DV, live.shape[3], scale, float(alpha),
             BLOCK_M=bm_k, BLOCK_N=bn_k, **common, num_warps=8 if bm_k * bn_k > 4096 else 4,
-            num_stages=2,
+            num_stages=1 if small else 2,
         )
     if G > 1:
         dk = dk.view(B, Hkv, G, Nk, D).sum(2).to(k.dtype)

@@ -75,6 +75,7 @@ def adasplash_attention_max(
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     R: tl.constexpr = BLOCK_M // 64
+    scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
     pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -141,6 +142,8 @@ def adasplash_attention_fwd(
     LIST_CHUNK: tl.constexpr, STATS: tl.constexpr,
 ):
     R: tl.constexpr = BLOCK_M // 64
+    scale = tl.cast(scale, tl.float32)
+    alpha = tl.cast(alpha, tl.float32)
     pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -234,9 +237,7 @@ def mask_4d(attn_mask):
         return None, (0, 0, 0, 0), 0
     m = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
     strides = tuple(m.stride(i) if m.shape[i] > 1 else 0 for i in range(4))
-    if m.dtype == torch.bool:
-        return m.view(torch.uint8), strides, 1
-    return m, strides, 2
+    return m, strides, 1 if m.dtype == torch.bool else 2
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -275,7 +276,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), B * Hq)](
         q, k, mask, row_max, tile_max, *q.stride(), *k.stride(), *ms,
         Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, scale, BLOCK_M=dense_m, **common,
-        num_warps=8 if dense_m == 128 else 4, num_stages=3,
+        num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 3,
     )
     live_list = torch.empty((B * Hq * n_mb * n_tn,), dtype=torch.int32, device=q.device)
     per_head = head_alpha is not None
@@ -285,6 +286,6 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
         Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, scale, float(alpha),
         ALPHA_MODE=alpha_mode(alpha, per_head), HEAD_ALPHA=per_head, BLOCK_DV=block_dv,
         MAX_STEPS=MAX_STEPS, LIST_CHUNK=LIST_CHUNK, STATS=stats, BLOCK_M=sparse_m, **common,
-        num_warps=8 if sparse_m == 128 else 4, num_stages=2,
+        num_warps=8 if sparse_m == 128 else 4, num_stages=1 if wide else 2,
     )
     return (out, tau, row_max, tile_max) + ((stat_buf,) if stats else ())

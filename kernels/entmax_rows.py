@@ -21,6 +21,7 @@ import triton.language as tl
 from .threshold import entmax_power, threshold_stats, threshold_step
 
 MAX_ON_CHIP = 16384
+STREAM_BLOCK = 4096  # chunk of a streamed row
 MAX_STEPS = 32
 ROW_ELEMENTS = 1024
 ROW_WARPS = None  # None: by block size, from _WARPS
@@ -50,6 +51,7 @@ def adasplash_entmax_fwd(
     ALPHA_MODE: tl.constexpr, PER_ROW_ALPHA: tl.constexpr, ROWS: tl.constexpr,
     BLOCK: tl.constexpr, ON_CHIP: tl.constexpr, MAX_STEPS: tl.constexpr,
 ):
+    alpha = tl.cast(alpha, tl.float32)  # callers may pass float64 scalars (Inductor does)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < R
     x_rows = X + rows.to(tl.int64)[:, None] * stride_x
@@ -136,6 +138,7 @@ def adasplash_entmax_bwd(
     ALPHA_MODE: tl.constexpr, PER_ROW_ALPHA: tl.constexpr, NEED_DALPHA: tl.constexpr,
     ROWS: tl.constexpr, BLOCK: tl.constexpr, ON_CHIP: tl.constexpr,
 ):
+    alpha = tl.cast(alpha, tl.float32)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < R
     g_rows = G + rows.to(tl.int64)[:, None] * stride_g
@@ -196,10 +199,11 @@ def alpha_mode(alpha: float, per_row: bool) -> int:
 
 def _row_config(N: int):
     """(rows per program, block, whole row on chip, warps): short rows share a program."""
-    block = min(triton.next_power_of_2(max(N, 16)), MAX_ON_CHIP)
-    rows = max(1, ROW_ELEMENTS // block) if N <= block else 1
-    num_warps = ROW_WARPS or _WARPS.get(block * rows, 4)
-    return rows, block, N <= block, num_warps
+    if N > MAX_ON_CHIP:  # streamed in chunks
+        return 1, STREAM_BLOCK, False, ROW_WARPS or 8
+    block = triton.next_power_of_2(max(N, 16))
+    rows = max(1, ROW_ELEMENTS // block)
+    return rows, block, True, ROW_WARPS or _WARPS.get(block * rows, 4)
 
 
 def _identity(kernel):

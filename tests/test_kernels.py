@@ -215,6 +215,7 @@ def test_entmax_rows_per_row_alpha(on_chip, monkeypatch):
     """Per-row alpha with its gradient, on chip and streamed in chunks (long rows)."""
     if not on_chip:
         monkeypatch.setattr(entmax_rows, "MAX_ON_CHIP", 64)
+        monkeypatch.setattr(entmax_rows, "STREAM_BLOCK", 64)
     x = torch.randn(5, 300, device=DEV) * 2
     ra = torch.rand(5, device=DEV) + 1.1
     p = entmax_rows.entmax_forward(x, 1.5, ra)
@@ -233,6 +234,7 @@ def test_entmax_rows_per_row_alpha(on_chip, monkeypatch):
 def test_entmax_rows_streamed_long_rows(oracle, alpha, monkeypatch):
     """Rows longer than the on-chip limit are streamed: same values and gradients."""
     monkeypatch.setattr(entmax_rows, "MAX_ON_CHIP", 128)
+    monkeypatch.setattr(entmax_rows, "STREAM_BLOCK", 128)
     x = torch.randn(3, 1000, device=DEV) * 3
     p = entmax_rows.entmax_forward(x, alpha)
     torch.testing.assert_close(p.double(), oracle.entmax(x, alpha), rtol=0, atol=2e-6)
