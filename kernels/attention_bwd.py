@@ -238,7 +238,7 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
     Hkv, Nk, DV = k.shape[1], k.shape[2], v.shape[-1]
     G = Hq // Hkv
     block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
-    small = max(block_d, block_dv) > 128
+    small = max(block_d, block_dv) * q.element_size() > 256  # shared memory: D > 128, or fp32
     bm_q, bn_q = (64, 64) if small else DQ_BLOCKS
     bm_k, bn_k = (64, 64) if small else DKDV_BLOCKS
     mask, ms, mask_kind = mask_4d(attn_mask)

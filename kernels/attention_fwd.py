@@ -1,4 +1,4 @@
-"""Block-sparse alpha-entmax attention forward (AdaSplash-2 style), two kernels.
+"""Block-sparse alpha-entmax attention forward (AdaSplash-2 style), three kernels.
 
 For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf where excluded):
 
@@ -6,12 +6,13 @@ For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf
    and, per TILE x TILE tile, an upper bound of max (s_ij - m_i) over the tile: the tile-max table,
    which the backward reads too. The sweep runs from the last key tile down, so that for causal
    (local) attention the row max is found first; the bound uses the running max, which only grows.
-2. ``adasplash_attention_fwd`` (sparse): with z = (alpha - 1)(s - m) (max 0), threshold passes
-   (``threshold.py``) start at t = -1 <= tau. A tile can hold some z > t only if its table entry
-   reaches t / (alpha - 1) for one of its rows, so each pass first compacts the list of such
-   tiles, then visits only them, until the support count proves t = tau. The output pass
-   visits the tiles live for tau: out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1))
-   (the division is exact for the exact tau and absorbs rounding).
+2. ``adasplash_attention_threshold`` (sparse): with z = (alpha - 1)(s - m) (max 0), threshold
+   passes (``threshold.py``) start at t = -1 <= tau. A tile can hold some z > t only if its table
+   entry reaches t / (alpha - 1) for one of its rows, so each pass first compacts the list of
+   such tiles, then visits only them, until the support count proves t = tau.
+3. ``adasplash_attention_out`` (sparse): visits the tiles live for tau:
+   out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the
+   exact tau and absorbs rounding).
 
 tau is saved relative to (alpha - 1) m, with m: absolute values would round tau away for huge |s|.
 No length is a compile-time constant: one compiled kernel serves every Nq, Nk.
@@ -129,46 +130,44 @@ def _slice_threshold(t, am1, R: tl.constexpr):
 
 
 @triton.jit
-def adasplash_attention_fwd(
-    Q, K, V, Mask, HeadAlpha, RowMax, TileMax, List, Out, Tau, Stats,
+def adasplash_attention_threshold(
+    Q, K, Mask, HeadAlpha, RowMax, TileMax, List, Tau, Stats,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    Hq, G, Nq, Nk, D, DV, n_tiles_m, n_tiles_n, scale, alpha,
+    Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, scale, alpha,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MAX_STEPS: tl.constexpr,
-    LIST_CHUNK: tl.constexpr, STATS: tl.constexpr,
+    BLOCK_D: tl.constexpr, MAX_STEPS: tl.constexpr, LIST_CHUNK: tl.constexpr,
+    STATS: tl.constexpr,
 ):
+    """tau per row: threshold passes, each over the tiles that can hold some z > t."""
     R: tl.constexpr = BLOCK_M // 64
-    scale = tl.cast(scale, tl.float32)
-    alpha = tl.cast(alpha, tl.float32)
+    scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
+    # Pointers and indices are computed here, not returned by helpers: Inductor's analysis of
+    # which tensors a kernel writes ties a helper's results to all of its pointer arguments.
     pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    offs_t = tl.arange(0, 64)
-    q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm, stride_qd, Nq, D)
-    k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
-    v_base = b.to(tl.int64) * stride_vb + hk * stride_vh
-    mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
+    q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, tl.arange(0, BLOCK_D),
+                  stride_qm, stride_qd, Nq, D)
     if HEAD_ALPHA:
         am1 = tl.load(HeadAlpha + h).to(tl.float32) - 1.0
     else:
-        am1 = alpha - 1.0
+        am1 = tl.cast(alpha, tl.float32) - 1.0
     k = 1.0 / am1
     slices = pid_m * R + tl.arange(0, R)
-    tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
     slice_ok = slices < n_tiles_m
+    tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
     List += (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * n_tiles_n
     rows = bh.to(tl.int64) * Nq + offs_m
-
     m = tl.load(RowMax + rows, mask=offs_m < Nq, other=float("-inf"))
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, 64)
+    k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
+    mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
     empty = m == float("-inf")
     m = tl.where(empty, 0.0, m)
 
-    # threshold passes, each over the tiles that can hold some z > t
     t = tl.where(empty, float("inf"), -1.0)
     lo = t
     hi = tl.where(empty, float("inf"), 0.0)
@@ -185,8 +184,8 @@ def adasplash_attention_fwd(
         for j in range(0, n_live):
             kt = tl.load(List + j)
             s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + offs_t, offs_d,
-                            stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
-                            IS_CAUSAL, MASK_KIND, PRECISION, True)
+                           stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
+                           IS_CAUSAL, MASK_KIND, PRECISION, True)
             d = tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0)
             c0, c1, c2 = threshold_stats(d, ALPHA_MODE, k)
             count += c0
@@ -197,8 +196,55 @@ def adasplash_attention_fwd(
         t = tl.where(done, t, t_next)
         done = done | converged
         step += 1
+    tl.store(Tau + rows, t, mask=offs_m < Nq)
+    if STATS:
+        tl.store(Stats + (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * 4, step.to(tl.float32))
 
-    # output pass over the tiles live for tau
+
+@triton.jit
+def adasplash_attention_out(
+    Q, K, V, Mask, HeadAlpha, RowMax, TileMax, List, Tau, Out, Stats,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
+    Hq, G, Nq, Nk, D, DV, n_tiles_m, n_tiles_n, scale, alpha,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
+    HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, LIST_CHUNK: tl.constexpr,
+    STATS: tl.constexpr,
+):
+    """out = sum_j p_j v_j / sum_j p_j over the tiles live for tau. (A kernel of its own: the
+    list it builds then depends on loaded values only, which keeps Inductor's analysis of what
+    the kernels write exact.)"""
+    R: tl.constexpr = BLOCK_M // 64
+    scale = tl.cast(scale, tl.float32)
+    # Pointers and indices are computed here, not returned by helpers: Inductor's analysis of
+    # which tensors a kernel writes ties a helper's results to all of its pointer arguments.
+    pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, tl.arange(0, BLOCK_D),
+                  stride_qm, stride_qd, Nq, D)
+    if HEAD_ALPHA:
+        am1 = tl.load(HeadAlpha + h).to(tl.float32) - 1.0
+    else:
+        am1 = tl.cast(alpha, tl.float32) - 1.0
+    k = 1.0 / am1
+    slices = pid_m * R + tl.arange(0, R)
+    slice_ok = slices < n_tiles_m
+    tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
+    List += (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * n_tiles_n
+    rows = bh.to(tl.int64) * Nq + offs_m
+    m = tl.load(RowMax + rows, mask=offs_m < Nq, other=float("-inf"))
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_t = tl.arange(0, 64)
+    k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
+    v_base = b.to(tl.int64) * stride_vb + hk * stride_vh
+    mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
+    m = tl.where(m == float("-inf"), 0.0, m)
+    t = tl.load(Tau + rows, mask=offs_m < Nq, other=float("inf"))
+
     n_live = _live_list(tm_ptrs, slice_ok, List, n_kt, _slice_threshold(t, am1, R), LIST_CHUNK)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
@@ -206,8 +252,8 @@ def adasplash_attention_fwd(
     for j in range(0, n_live):
         offs_n = tl.load(List + j) * 64 + offs_t
         s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                        stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND,
-                        PRECISION, True)
+                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND,
+                       PRECISION, True)
         p = entmax_power(tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0), k, ALPHA_MODE)
         l += tl.sum(p, 1)
         if STATS:
@@ -217,14 +263,13 @@ def adasplash_attention_fwd(
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),
              mask=(offs_m[:, None] < Nq) & (offs_dv[None, :] < DV))
-    tl.store(Tau + rows, t, mask=offs_m < Nq)
     if STATS:
-        # per program: threshold passes, live tiles of the output pass, admissible tiles,
+        # per program, after the threshold passes: live tiles of the output pass, tiles in range,
         # and the support size summed over its rows
         i = tl.arange(0, 4)
-        values = tl.where(i == 0, step.to(tl.float32), tl.where(i == 1, n_live.to(tl.float32),
-                          tl.where(i == 2, n_kt.to(tl.float32), tl.sum(support, 0))))
-        tl.store(Stats + (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * 4 + i, values)
+        values = tl.where(i == 1, n_live.to(tl.float32),
+                          tl.where(i == 2, n_kt.to(tl.float32), tl.sum(support, 0)))
+        tl.store(Stats + (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * 4 + i, values, mask=i > 0)
 
 
 def _identity(kernel):
@@ -265,7 +310,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     wide = max(block_d, block_dv) > 128
     dense_m, sparse_m = (64, 64) if wide or Nq <= 64 else (DENSE_BLOCK_M, SPARSE_BLOCK_M)
     n_mb = triton.cdiv(Nq, sparse_m)
-    stat_buf = torch.zeros((B, Hq, n_mb, 4), **f32) if stats else tau
+    stat_buf = torch.zeros((B, Hq, n_mb, 4), **f32) if stats else row_max
     if B * Hq * Nq == 0:
         return (out, tau, row_max, tile_max) + ((stat_buf,) if stats else ())
     mask, ms, mask_kind = mask_4d(attn_mask)
@@ -280,12 +325,18 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     )
     live_list = torch.empty((B * Hq * n_mb * n_tn,), dtype=torch.int32, device=q.device)
     per_head = head_alpha is not None
-    launch(adasplash_attention_fwd)[(n_mb, B * Hq)](
-        q, k, v, mask, head_alpha if per_head else q, row_max, tile_max, live_list, out, tau,
-        stat_buf, *q.stride(), *k.stride(), *v.stride(), *ms,
-        Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, scale, float(alpha),
-        ALPHA_MODE=alpha_mode(alpha, per_head), HEAD_ALPHA=per_head, BLOCK_DV=block_dv,
-        MAX_STEPS=MAX_STEPS, LIST_CHUNK=LIST_CHUNK, STATS=stats, BLOCK_M=sparse_m, **common,
-        num_warps=8 if sparse_m == 128 else 4, num_stages=1 if wide else 2,
+    sparse = dict(ALPHA_MODE=alpha_mode(alpha, per_head), HEAD_ALPHA=per_head, BLOCK_M=sparse_m,
+                  LIST_CHUNK=LIST_CHUNK, STATS=stats, **common,
+                  num_warps=8 if sparse_m == 128 else 4, num_stages=1 if wide else 2)
+    ha = head_alpha if per_head else q
+    launch(adasplash_attention_threshold)[(n_mb, B * Hq)](
+        q, k, mask, ha, row_max, tile_max, live_list, tau, stat_buf,
+        *q.stride(), *k.stride(), *ms, Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, scale, float(alpha),
+        MAX_STEPS=MAX_STEPS, **sparse,
+    )
+    launch(adasplash_attention_out)[(n_mb, B * Hq)](
+        q, k, v, mask, ha, row_max, tile_max, live_list, tau, out, stat_buf,
+        *q.stride(), *k.stride(), *v.stride(), *ms,
+        Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, scale, float(alpha), BLOCK_DV=block_dv, **sparse,
     )
     return (out, tau, row_max, tile_max) + ((stat_buf,) if stats else ())

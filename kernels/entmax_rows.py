@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .threshold import entmax_power, threshold_stats, threshold_step
+from .threshold import entmax_power, threshold_stats, threshold_step, threshold_terms
 
 MAX_ON_CHIP = 16384
 STREAM_BLOCK = 4096  # chunk of a streamed row
@@ -64,9 +64,12 @@ def adasplash_entmax_fwd(
         x = _load_rows(x_rows, offs, N, row_ok, ninf)
         xmax = tl.max(x, 1)
     else:
-        xmax = tl.full([ROWS], ninf, tl.float32)
+        # streamed: accumulate elementwise over the chunks and reduce once after each loop
+        # (a reduction inside the chunk loop crashed Triton 3.6's thread-locality pass)
+        xacc = tl.full([ROWS, BLOCK], ninf, tl.float32)
         for c in range(0, N, BLOCK):
-            xmax = tl.maximum(xmax, tl.max(_load_rows(x_rows + c, offs, N - c, row_ok, ninf), 1))
+            xacc = tl.maximum(xacc, _load_rows(x_rows + c, offs, N - c, row_ok, ninf))
+        xmax = tl.max(xacc, 1)
     empty = xmax == ninf
     xmax = tl.where(empty, 0.0, xmax)
     if ON_CHIP:
@@ -82,15 +85,16 @@ def adasplash_entmax_fwd(
         if ON_CHIP:
             count, s1, s2 = threshold_stats(tl.maximum(z - t[:, None], 0.0), ALPHA_MODE, k[:, None])
         else:
-            count = tl.zeros([ROWS], tl.float32)
-            s1 = tl.zeros([ROWS], tl.float32)
-            s2 = tl.zeros([ROWS], tl.float32)
+            a0 = tl.zeros([ROWS, BLOCK], tl.float32)
+            a1 = tl.zeros([ROWS, BLOCK], tl.float32)
+            a2 = tl.zeros([ROWS, BLOCK], tl.float32)
             for c in range(0, N, BLOCK):
                 zc = am1[:, None] * (_load_rows(x_rows + c, offs, N - c, row_ok, ninf) - xmax[:, None])
-                c0, c1, c2 = threshold_stats(tl.maximum(zc - t[:, None], 0.0), ALPHA_MODE, k[:, None])
-                count += c0
-                s1 += c1
-                s2 += c2
+                c0, c1, c2 = threshold_terms(tl.maximum(zc - t[:, None], 0.0), ALPHA_MODE, k[:, None])
+                a0 += c0
+                a1 += c1
+                a2 += c2
+            count, s1, s2 = tl.sum(a0, 1), tl.sum(a1, 1), tl.sum(a2, 1)
         t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, prev, k,
                                                          ALPHA_MODE)
         t = tl.where(done, t, t_next)
@@ -120,16 +124,21 @@ def _support_weight(p, a, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
-def _grad_sums(p, g, a, ALPHA_MODE: tl.constexpr, NEED_DALPHA: tl.constexpr):
-    """Row sums of u, u g and, for dalpha, g p, g p log p and p log p."""
+def _grad_terms(p, g, a, ALPHA_MODE: tl.constexpr, NEED_DALPHA: tl.constexpr):
+    """Elementwise u, u g and, for dalpha, g p, g p log p and p log p (to be summed per row)."""
     u = _support_weight(p, a, ALPHA_MODE)
-    su = tl.sum(u, 1)
-    sug = tl.sum(u * g, 1)
     if NEED_DALPHA:
         plogp = tl.where(p > 0, p * tl.log(tl.maximum(p, 1e-30)), 0.0)
-        return su, sug, tl.sum(g * p, 1), tl.sum(g * plogp, 1), tl.sum(plogp, 1)
+        return u, u * g, g * p, g * plogp, plogp
     else:
-        return su, sug, su, su, su
+        return u, u * g, u, u, u
+
+
+@triton.jit
+def _grad_sums(p, g, a, ALPHA_MODE: tl.constexpr, NEED_DALPHA: tl.constexpr):
+    """Row sums of ``_grad_terms``."""
+    t0, t1, t2, t3, t4 = _grad_terms(p, g, a, ALPHA_MODE, NEED_DALPHA)
+    return tl.sum(t0, 1), tl.sum(t1, 1), tl.sum(t2, 1), tl.sum(t3, 1), tl.sum(t4, 1)
 
 
 @triton.jit
@@ -152,20 +161,22 @@ def adasplash_entmax_bwd(
         g = _load_rows(g_rows, offs, N, row_ok, 0.0)
         su, sug, sgp, sgplogp, ent = _grad_sums(p, g, a[:, None], ALPHA_MODE, NEED_DALPHA)
     else:
-        su = tl.zeros([ROWS], tl.float32)
-        sug = tl.zeros([ROWS], tl.float32)
-        sgp = tl.zeros([ROWS], tl.float32)
-        sgplogp = tl.zeros([ROWS], tl.float32)
-        ent = tl.zeros([ROWS], tl.float32)
+        acc0 = tl.zeros([ROWS, BLOCK], tl.float32)
+        acc1 = tl.zeros([ROWS, BLOCK], tl.float32)
+        acc2 = tl.zeros([ROWS, BLOCK], tl.float32)
+        acc3 = tl.zeros([ROWS, BLOCK], tl.float32)
+        acc4 = tl.zeros([ROWS, BLOCK], tl.float32)
         for c in range(0, N, BLOCK):
             pc = _load_rows(p_rows + c, offs, N - c, row_ok, 0.0)
             gc = _load_rows(g_rows + c, offs, N - c, row_ok, 0.0)
-            c0, c1, c2, c3, c4 = _grad_sums(pc, gc, a[:, None], ALPHA_MODE, NEED_DALPHA)
-            su += c0
-            sug += c1
-            sgp += c2
-            sgplogp += c3
-            ent += c4
+            c0, c1, c2, c3, c4 = _grad_terms(pc, gc, a[:, None], ALPHA_MODE, NEED_DALPHA)
+            acc0 += c0
+            acc1 += c1
+            acc2 += c2
+            acc3 += c3
+            acc4 += c4
+        su, sug = tl.sum(acc0, 1), tl.sum(acc1, 1)
+        sgp, sgplogp, ent = tl.sum(acc2, 1), tl.sum(acc3, 1), tl.sum(acc4, 1)
 
     delta = sug / tl.where(su > 0, su, 1.0)
     if NEED_DALPHA:

@@ -32,18 +32,24 @@ def entmax_power(d, k, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
-def threshold_stats(d, ALPHA_MODE: tl.constexpr, k):
-    """Per-row (count, s1, s2) of a 2-D tile of d = [z - t]_+ (see the module docstring).
+def threshold_terms(d, ALPHA_MODE: tl.constexpr, k):
+    """Elementwise terms of (count, s1, s2) for d = [z - t]_+ (see the module docstring).
     k broadcasts against d (a scalar, or one value per row as a column)."""
     live = d > 0
-    count = tl.sum(live.to(tl.float32), 1)
     if ALPHA_MODE == 1:
-        return count, tl.sum(d, 1), tl.sum(d * d, 1)
+        return live.to(tl.float32), d, d * d
     elif ALPHA_MODE == 2:
-        return count, tl.sum(d, 1), count
+        return live.to(tl.float32), d, live.to(tl.float32)
     else:
         pk = entmax_power(d, k, ALPHA_MODE)
-        return count, tl.sum(tl.where(live, pk / tl.maximum(d, 1e-30), 0.0), 1), tl.sum(pk, 1)
+        return live.to(tl.float32), tl.where(live, pk / tl.maximum(d, 1e-30), 0.0), pk
+
+
+@triton.jit
+def threshold_stats(d, ALPHA_MODE: tl.constexpr, k):
+    """Per-row (count, s1, s2) of a 2-D tile of d: the row sums of ``threshold_terms``."""
+    c0, c1, c2 = threshold_terms(d, ALPHA_MODE, k)
+    return tl.sum(c0, 1), tl.sum(c1, 1), tl.sum(c2, 1)
 
 
 @triton.jit

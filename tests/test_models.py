@@ -64,7 +64,7 @@ def run(model, inputs: dict, compiled=None):
     model.zero_grad()
     out = (model if compiled is None else compiled)(**inputs)
     out = out.logits if hasattr(out, "logits") else out.last_hidden_state
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out.device)
     (out * g).sum().backward()
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
