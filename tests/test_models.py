@@ -306,10 +306,11 @@ def test_hand_written_entmax_attention():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_llama_on_cuda_in_bfloat16(attn):
-    """Inductor with the adasplash kernels, against the CPU float32 eager entmax model: within
-    bfloat16 rounding of it, amplified by two random-init layers (10% of the largest entry; the
-    kernels' own bf16 error is checked in test_kernels_gpu.py), and much nearer to it than the
-    softmax model is."""
+    """Inductor with the adasplash kernels, against the CPU float32 eager entmax model: logits
+    within bfloat16 rounding amplified by two random-init layers (10% of the largest entry),
+    much nearer to it than the softmax model is, and every parameter gradient within 5% in norm
+    (bf16 gradients summed over 512 tokens are not close elementwise; the kernels' own bf16
+    error is checked in test_kernels_gpu.py)."""
     model = tiny("llama", attn)
     ids = torch.randint(0, VOCAB, (2, 256))
     ref, ref_grads = run(with_attention(model, ENTMAX), {"input_ids": ids})
@@ -318,10 +319,8 @@ def test_llama_on_cuda_in_bfloat16(attn):
     out, grads = run(cuda_model, {"input_ids": ids.cuda()}, torch.compile(cuda_model, backend=ac.backend))
     out = out.float().cpu()
 
-    def near(a, b):
-        torch.testing.assert_close(a, b, rtol=5e-2, atol=1e-1 * b.abs().max().item())
-
-    near(out, ref)
+    torch.testing.assert_close(out, ref, rtol=5e-2, atol=1e-1 * ref.abs().max().item())
     assert (out - ref).abs().max() < 0.1 * (softmax - ref).abs().max()
     for name, grad in ref_grads.items():
-        near(grads[name].float().cpu(), grad)
+        err = (grads[name].float().cpu() - grad).norm() / grad.norm()
+        assert err < 5e-2, f"{name}: relative gradient error {err:.3f}"
