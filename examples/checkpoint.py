@@ -39,10 +39,13 @@ def save(path: Path, step: int, config: dict, models: dict, optimizers: dict, sc
     os.replace(tmp, path)
 
 
-def load(path: Path, models: dict, optimizers: dict, schedules: dict) -> dict:
-    """Restore the objects saved by ``save`` in place and the RNG states; return the checkpoint
-    (its "step", "config" and "log")."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+def read(path: Path) -> dict:
+    """The checkpoint saved at ``path``: "step", "config", "log" and the saved states."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore(state: dict, models: dict, optimizers: dict, schedules: dict) -> None:
+    """Load a checkpoint's states into the objects (in place) and set the RNG states."""
     for key, model in models.items():
         model.load_state_dict(state["models"][key])
     for key, optimizer in optimizers.items():
@@ -50,4 +53,3 @@ def load(path: Path, models: dict, optimizers: dict, schedules: dict) -> dict:
     for key, schedule in schedules.items():
         schedule.load_state_dict(state["schedules"][key])
     set_rng_state(state["rng"])
-    return state

@@ -7,18 +7,19 @@
 leaf tensor, which a gradient step may push to 1 or below. Here alpha stays in (1, 2) by
 construction: every attention module of a small Hugging Face Llama gets a parameter ``alpha_logit``
 w (one per query head, initialised so that alpha = ``--alpha-init``), and the model's attention
-implementation (``AttentionInterface``, name "adasplash_learned_alpha") computes alpha = 1 +
-sigmoid(w) and calls ``adasplash_compile.entmax_attention(q, k, v, alpha=alpha)``, whose gradient
-reaches w. The model is trained on multi-query associative recall (``recall_task.py``) under
-``torch.compile(model, backend=adasplash_compile.Backend(...))``; w has its own learning rate
-(``--alpha-lr``) and no weight decay.
+implementation (``hf_attention.register``) calls ``adasplash_compile.entmax_attention(q, k, v,
+alpha=1 + sigmoid(w))``, whose gradient reaches w. The model is trained on multi-query associative
+recall (``recall_task.py``) under ``torch.compile(model, backend=adasplash_compile.Backend(...))``
+(the op is already in the graph: on CUDA, Inductor emits its Triton kernels); w has its own
+learning rate (``--alpha-lr``) and no weight decay.
 
 Every ``--log-every`` steps the alphas of every layer and head are logged with the loss and
-accuracy; every ``--eval-every`` steps a held-out batch is evaluated and each layer's attention
-sparsity measured (``attention_sparsity.SparsityProbe``: the layer's weights materialised with
-``adasplash_compile.entmax`` for the first sequence, exact zeros counted among the causally
-admissible ones). Writes ``alphas.json`` and ``alphas.png`` (alpha per head over training, one
-panel per layer, and the loss, accuracy and sparsity) to ``--out``.
+accuracy; every ``--eval-every`` steps (and at the end) a held-out batch is evaluated by an eager
+copy running ``sparsity_probe.SparsityProbe``, which measures each layer's sparsity with
+``adasplash_compile.attention_stats`` (the fraction of attention weights exactly zero among the
+causally admissible ones, and the fraction of 64 x 64 tiles the kernels skip as all-zero).
+Writes ``alphas.json`` and ``alphas.png`` (alpha per head over training, one panel per layer;
+loss, accuracy and sparsity) to ``--out``.
 """
 
 from __future__ import annotations
@@ -36,35 +37,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-from transformers import AttentionInterface  # noqa: E402
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
 
 import adasplash_compile as ac  # noqa: E402
+import hf_attention  # noqa: E402
 import recall_task  # noqa: E402
 import small_llama  # noqa: E402
 import training  # noqa: E402
-from attention_sparsity import SparsityProbe  # noqa: E402
 from recall_task import RecallTask  # noqa: E402
+from sparsity_probe import SparsityProbe, plot_sparsity  # noqa: E402
 
 ATTENTION = "adasplash_learned_alpha"
-DEFAULTS = dict(seq_len=256, num_pairs=8, num_queries=8, num_keys=32, hidden=128, layers=2, heads=4,
-                steps=300, batch_size=32, lr=3e-3, warmup=50, dtype="float32")
+DEFAULTS = dict(seq_len=256, num_pairs=8, num_queries=4, num_keys=32, hidden=128, layers=2, heads=4,
+                steps=300, batch_size=32, lr=1e-3, warmup=50, dtype="float32")
 LOG, PLOT = "alphas.json", "alphas.png"
 
 
 def learned_alpha(module: nn.Module) -> torch.Tensor:
     """The module's per-head alpha, 1 + sigmoid(alpha_logit), in (1, 2)."""
     return 1 + torch.sigmoid(module.alpha_logit)
-
-
-def learned_alpha_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """A Hugging Face attention function: entmax attention with the module's learned alpha.
-    ``attention_mask``: SDPA's (boolean, True = attend), or None for plain causal attention."""
-    is_causal = attention_mask is None and query.shape[2] > 1 and getattr(module, "is_causal", True)
-    out = ac.entmax_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
-                              is_causal=is_causal, scale=scaling, alpha=learned_alpha(module),
-                              enable_gqa=key.shape[1] != query.shape[1])
-    return out.transpose(1, 2).contiguous(), None
 
 
 def add_alpha_logits(model, alpha_init: float) -> list:
@@ -101,8 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build(args, task: RecallTask, device: torch.device) -> tuple:
     """The model with learnable alphas, its optimizer and schedule, and the probe's eval copy."""
-    AttentionInterface.register(ATTENTION, learned_alpha_attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    hf_attention.register(ATTENTION, learned_alpha)
     model = small_llama.small_llama(task.vocab_size, task.seq_len, args.hidden, args.layers, args.heads,
                                     args.seed, attn_implementation=ATTENTION).to(device)
     logits = add_alpha_logits(model, args.alpha_init)
@@ -143,9 +132,7 @@ def plot(log: dict, path: Path) -> None:
     loss_ax.legend(loc="upper left", fontsize=8)
     acc_ax.legend(loc="upper right", fontsize=8)
     sparse_ax = axes[layers + 1]
-    for layer, series in enumerate(zip(*log["eval"]["sparsity"])):
-        sparse_ax.plot(log["eval"]["step"], [100 * s for s in series], "o-", ms=3, label=f"layer {layer}")
-    sparse_ax.set_title("% of attention weights exactly zero", fontsize=10)
+    plot_sparsity(sparse_ax, log["eval"])
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -167,7 +154,7 @@ def main(argv=None) -> dict:
     held_out = task.batch(args.batch_size, seed=args.seed + 1_000_000, index=0).to(device)
     log = {"config": vars(args).copy(), "initial_alpha": alphas(model),
            "train": {"step": [], "loss": [], "accuracy": [], "alpha": []},
-           "eval": {"step": [], "loss": [], "accuracy": [], "sparsity": []}}
+           "eval": {"step": [], "loss": [], "accuracy": [], "zero_fraction": [], "block_sparsity": []}}
     print(f"{task}; Llama {args.layers} layers x {args.hidden}, {args.heads} heads; {args.dtype} on {device}")
 
     for index in tqdm(range(args.steps), disable=not args.progress, desc="training", dynamic_ncols=True):
@@ -183,14 +170,16 @@ def main(argv=None) -> dict:
             eval_copy.load_state_dict(model.state_dict())
             eval_loss, eval_accuracy = training.evaluate(eval_copy, held_out, device, args.dtype)
             for key, value in (("step", step), ("loss", eval_loss), ("accuracy", eval_accuracy),
-                               ("sparsity", probe.per_layer())):
+                               ("zero_fraction", probe.per_layer("zero_fraction")),
+                               ("block_sparsity", probe.per_layer("block_sparsity"))):
                 log["eval"][key].append(value)
 
     (out / LOG).write_text(json.dumps(log, indent=1) + "\n")
     plot(log, out / PLOT)
     for layer, heads in enumerate(log["train"]["alpha"][-1]):
         print(f"layer {layer}: alpha per head " + " ".join(f"{a:.3f}" for a in heads) +
-              f"; zero attention weights {100 * log['eval']['sparsity'][-1][layer]:.1f}%")
+              f"; zero attention weights {100 * log['eval']['zero_fraction'][-1][layer]:.1f}%, "
+              f"skipped tiles {100 * log['eval']['block_sparsity'][-1][layer]:.1f}%")
     print(f"held-out recall accuracy {log['eval']['accuracy'][-1]:.3f}; wrote {out / LOG}, {out / PLOT}")
     return log
 

@@ -6,7 +6,9 @@ A sequence of ``seq_len`` tokens holds ``num_pairs`` key-value pairs at its star
 that key's value. The model must predict each answer from the query token, so it has to look
 back across the filler to the pair. Loss and accuracy count the answer tokens only.
 
-Keys, values and filler have disjoint vocabularies. A batch depends only on (seed, index), so
+Keys, values and filler have disjoint vocabularies. Use fewer queries than pairs: with as many,
+the last queries can be answered by elimination (the values not asked for yet), a shortcut
+models find before they learn recall. A batch depends only on (seed, index), so
 training data is reproducible and a resumed run sees the batches it would have seen.
 """
 

@@ -13,11 +13,11 @@ on the answer tokens only):
   with its attention rewritten into sparse alpha-entmax attention.
 
 Every step logs the loss, accuracy and time of each model (the first step includes compiling).
-Every ``--eval-every`` steps both models are evaluated on a held-out batch, and the entmax
-model's attention sparsity is measured per layer: eager copies of the models run the batch, the
-entmax copy with ``attention_sparsity.SparsityProbe``, which materialises each layer's attention
-weights for the first sequence (``adasplash_compile.entmax`` of the layer's scale * q k^T +
-causal mask) and counts the exactly-zero weights among the causally admissible ones.
+Every ``--eval-every`` steps both models are evaluated on a held-out batch by eager copies of
+themselves; the entmax copy runs ``sparsity_probe.SparsityProbe``, which measures each layer's
+attention sparsity on the whole batch with ``adasplash_compile.attention_stats``: the fraction of
+attention weights exactly zero among the causally admissible ones, and the block sparsity (the
+fraction of 64 x 64 tiles the kernels skip as all-zero).
 
 Writes to ``--out``: ``log.json`` (settings and every logged number), ``curves.png`` (both
 models' curves) and ``checkpoint.pt`` (weights, optimizer and schedule states, step, RNG states
@@ -44,19 +44,19 @@ from tqdm import tqdm  # noqa: E402
 
 import adasplash_compile as ac  # noqa: E402
 import checkpoint  # noqa: E402
-from attention_sparsity import SparsityProbe  # noqa: E402
 import recall_task  # noqa: E402
 import small_llama  # noqa: E402
 import training  # noqa: E402
 from recall_task import RecallTask  # noqa: E402
+from sparsity_probe import SparsityProbe, plot_sparsity  # noqa: E402
 from training import adamw_with_warmup, evaluate, pick_device, train_step  # noqa: E402
 
 MODELS = ("softmax", "entmax")
 PRESETS = {
-    "cpu": dict(seq_len=256, num_pairs=8, num_queries=8, num_keys=32, batch_size=32, hidden=128,
-                layers=2, heads=4, steps=300, lr=3e-3, warmup=50, eval_every=25, save_every=100,
+    "cpu": dict(seq_len=256, num_pairs=8, num_queries=4, num_keys=32, batch_size=32, hidden=128,
+                layers=2, heads=4, steps=300, lr=1e-3, warmup=50, eval_every=25, save_every=100,
                 dtype="float32"),
-    "gpu": dict(seq_len=4096, num_pairs=16, num_queries=16, num_keys=64, batch_size=16, hidden=256,
+    "gpu": dict(seq_len=4096, num_pairs=16, num_queries=8, num_keys=64, batch_size=16, hidden=256,
                 layers=2, heads=4, steps=1500, lr=1e-3, warmup=100, eval_every=100, save_every=500,
                 dtype="bfloat16"),
 }
@@ -115,22 +115,28 @@ def new_log(args) -> dict:
     curves = {"train": {"step": [], "loss": [], "accuracy": [], "seconds": []},
               "eval": {"step": [], "loss": [], "accuracy": []}}
     log = {"config": vars(args).copy(), "models": {m: json.loads(json.dumps(curves)) for m in MODELS}}
-    log["models"]["entmax"]["eval"]["sparsity"] = []
+    log["models"]["entmax"]["eval"].update(zero_fraction=[], block_sparsity=[])
     return log
 
 
-def resume(args, runs: dict) -> tuple:
-    """Restore the runs from the checkpoint; (step, log)."""
+def read_checkpoint(args) -> dict:
+    """The checkpoint in ``--out``, whose settings must be those given but for RESUMABLE ones."""
     path = Path(args.out) / CHECKPOINT
     if not path.exists():
         raise SystemExit(f"--resume: no checkpoint at {path}")
-    state = checkpoint.load(path, {k: r.model for k, r in runs.items()},
-                            {k: r.optimizer for k, r in runs.items()}, {k: r.schedule for k, r in runs.items()})
+    state = checkpoint.read(path)
     differ = {k: (v, getattr(args, k)) for k, v in state["config"].items()
               if k not in RESUMABLE and v != getattr(args, k)}
     if differ:
-        raise SystemExit("--resume: settings differ from the checkpoint's (saved, given): " +
-                         ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in differ.items()))
+        raise SystemExit("--resume: settings differ from the checkpoint's (saved vs given): " +
+                         ", ".join(f"--{k.replace('_', '-')} {a!r} vs {b!r}" for k, (a, b) in differ.items()))
+    return state
+
+
+def resume(state: dict, args, runs: dict) -> tuple:
+    """Restore the runs from a checkpoint; (step, log)."""
+    checkpoint.restore(state, {k: r.model for k, r in runs.items()}, {k: r.optimizer for k, r in runs.items()},
+                       {k: r.schedule for k, r in runs.items()})
     log = state["log"]
     log["config"] = vars(args).copy()
     return state["step"], log
@@ -145,7 +151,8 @@ def evaluate_runs(runs: dict, batch, probe: SparsityProbe, device, dtype: str, s
         curves["loss"].append(loss)
         curves["accuracy"].append(accuracy)
         if name == "entmax":
-            curves["sparsity"].append(probe.per_layer())
+            for measure in ("zero_fraction", "block_sparsity"):
+                curves[measure].append(probe.per_layer(measure))
 
 
 def plot(log: dict, path: Path) -> None:
@@ -159,15 +166,13 @@ def plot(log: dict, path: Path) -> None:
         acc_ax.plot(train["step"], train["accuracy"], color=color, alpha=0.35, lw=0.8)
         acc_ax.plot(held_out["step"], held_out["accuracy"], "o-", color=color, ms=3, label=f"{name} (held out)")
         time_ax.plot(train["step"][1:], [1e3 * s for s in train["seconds"][1:]], color=color, lw=0.8, label=name)
-    entmax = log["models"]["entmax"]["eval"]
-    for layer, values in enumerate(zip(*entmax["sparsity"])):
-        sparse_ax.plot(entmax["step"], [100 * v for v in values], "o-", ms=3, label=f"layer {layer}")
+    plot_sparsity(sparse_ax, log["models"]["entmax"]["eval"])
     config = log["config"]
     chance = 1 / config["num_keys"]
     acc_ax.axhline(chance, color="gray", ls=":", lw=0.8, label="chance")
     for ax, title in ((loss_ax, "loss on answer tokens (thin: training batches)"),
                       (acc_ax, "recall accuracy"),
-                      (sparse_ax, f"entmax (alpha={config['alpha']:g}): % of attention weights exactly zero"),
+                      (sparse_ax, f"entmax model (alpha={config['alpha']:g}): sparsity, %"),
                       (time_ax, "step time, ms (first step, with compiling, left out)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
@@ -204,8 +209,9 @@ def summary(log: dict) -> str:
             line += f"; held out (step {held_out['step'][-1]}) accuracy {held_out['accuracy'][-1]:.3f}"
         if len(train["seconds"]) > 1:
             line += f"; median step {1e3 * statistics.median(train['seconds'][1:]):.1f} ms"
-        if held_out.get("sparsity"):
-            line += "; zero weights per layer " + " ".join(f"{100 * s:.1f}%" for s in held_out["sparsity"][-1])
+        if held_out.get("zero_fraction"):
+            line += ("; per layer, zero weights " + " ".join(f"{100 * s:.1f}%" for s in held_out["zero_fraction"][-1])
+                     + ", skipped tiles " + " ".join(f"{100 * s:.1f}%" for s in held_out["block_sparsity"][-1]))
         lines.append(line)
     return "\n".join(lines)
 
@@ -214,11 +220,12 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    state = read_checkpoint(args) if args.resume else None
     device = pick_device(args.device)
     task = RecallTask.from_args(args)
     probe = SparsityProbe(alpha_of=lambda module: args.alpha)
     runs = build_runs(args, task, device, probe)
-    start, log = resume(args, runs) if args.resume else (0, new_log(args))
+    start, log = resume(state, args, runs) if state else (0, new_log(args))
     held_out = task.batch(args.batch_size, seed=args.seed + 1_000_000, index=0).to(device)
     print(f"{task}, vocabulary {task.vocab_size}; batch {args.batch_size}; {args.dtype} on {device}; "
           f"steps {start + 1}..{args.steps}; writing to {out}")
