@@ -93,7 +93,8 @@ def build(args, task: RecallTask, device: torch.device) -> tuple:
     """The model with learnable alphas, its optimizer and schedule, and the probe's eval copy."""
     hf_attention.register(ATTENTION, learned_alpha)
     model = small_llama.small_llama(task.vocab_size, task.seq_len, args.hidden, args.layers, args.heads,
-                                    args.seed, attn_implementation=ATTENTION).to(device)
+                                    args.seed, attn_implementation=ATTENTION)
+    model = model.to(device=device, dtype=training.DTYPES[args.dtype])
     logits = add_alpha_logits(model, args.alpha_init)
     others = [p for p in model.parameters() if all(p is not q for q in logits)]
     optimizer, schedule = training.adamw_with_warmup(
@@ -101,8 +102,9 @@ def build(args, task: RecallTask, device: torch.device) -> tuple:
         args.lr, args.warmup)
     probe = SparsityProbe(alpha_of=learned_alpha)
     eval_copy = type(model)._from_config(copy.deepcopy(model.config), attn_implementation=probe.name)
-    add_alpha_logits(eval_copy, args.alpha_init)
-    return model, optimizer, schedule, eval_copy.to(device).eval(), probe
+    eval_copy = eval_copy.to(device=device, dtype=model.dtype)
+    add_alpha_logits(eval_copy, args.alpha_init)  # float32, as the model's
+    return model, optimizer, schedule, eval_copy.eval(), probe
 
 
 def alphas(model) -> list:
@@ -159,7 +161,7 @@ def main(argv=None) -> dict:
 
     for index in tqdm(range(args.steps), disable=not args.progress, desc="training", dynamic_ncols=True):
         batch = task.batch(args.batch_size, seed=args.seed, index=index).to(device)
-        loss, accuracy, _ = training.train_step(compiled, optimizer, schedule, batch, device, args.dtype)
+        loss, accuracy, _ = training.train_step(compiled, optimizer, schedule, batch, device)
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss {loss} at step {index + 1}")
         step = index + 1
@@ -168,7 +170,7 @@ def main(argv=None) -> dict:
                 log["train"][key].append(value)
         if step % args.eval_every == 0 or step == args.steps:
             eval_copy.load_state_dict(model.state_dict())
-            eval_loss, eval_accuracy = training.evaluate(eval_copy, held_out, device, args.dtype)
+            eval_loss, eval_accuracy = training.evaluate(eval_copy, held_out)
             for key, value in (("step", step), ("loss", eval_loss), ("accuracy", eval_accuracy),
                                ("zero_fraction", probe.per_layer("zero_fraction")),
                                ("block_sparsity", probe.per_layer("block_sparsity"))):

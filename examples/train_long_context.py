@@ -1,8 +1,8 @@
 """Train a small Llama on long-range associative recall, with softmax and with entmax attention.
 
-    python examples/train_long_context.py                          # CPU: 256 tokens, a few minutes
-    python examples/train_long_context.py --preset gpu --out runs/gpu   # one GPU: 4096 tokens
-    python examples/train_long_context.py --out runs/gpu --preset gpu --steps 3000 --resume
+    python examples/train_long_context.py                         # CPU: 256 tokens, ~8 min on 2 cores
+    python examples/train_long_context.py --preset gpu --out runs/gpu   # one GPU: 4096 tokens, bf16
+    python examples/train_long_context.py --preset gpu --out runs/gpu --steps 3000 --resume
 
 Two copies of one random-weight Hugging Face Llama (the same initial weights, the same batches)
 are trained side by side on multi-query associative recall (``recall_task.py``; loss and accuracy
@@ -10,7 +10,8 @@ on the answer tokens only):
 
 - "softmax": ``torch.compile(model)``, the model's own SDPA attention;
 - "entmax":  ``torch.compile(model, backend=adasplash_compile.Backend(alpha))``, the same model
-  with its attention rewritten into sparse alpha-entmax attention.
+  with its attention rewritten into sparse alpha-entmax attention. Its ``explain`` table is
+  printed first, and the run stops unless every attention layer is rewritten.
 
 Every step logs the loss, accuracy and time of each model (the first step includes compiling).
 Every ``--eval-every`` steps both models are evaluated on a held-out batch by eager copies of
@@ -111,6 +112,17 @@ def build_runs(args, task: RecallTask, device: torch.device, probe: SparsityProb
     return runs
 
 
+def check_rewritten(model, batch, alpha: float) -> None:
+    """Print what the backend rewrites in ``model``; stop unless it is every attention layer
+    (else the "entmax" model would silently keep softmax somewhere)."""
+    report = ac.Backend(alpha=alpha).explain(model, input_ids=batch.ids)
+    torch._dynamo.reset()  # start the training compiles afresh
+    print(report)
+    layers = model.config.num_hidden_layers
+    if report.left_alone or len(report.rewritten) != layers:
+        raise SystemExit(f"the backend rewrote {len(report.rewritten)} of {layers} attention layers")
+
+
 def new_log(args) -> dict:
     curves = {"train": {"step": [], "loss": [], "accuracy": [], "seconds": []},
               "eval": {"step": [], "loss": [], "accuracy": []}}
@@ -142,10 +154,10 @@ def resume(state: dict, args, runs: dict) -> tuple:
     return state["step"], log
 
 
-def evaluate_runs(runs: dict, batch, probe: SparsityProbe, device, dtype: str, step: int, log: dict) -> None:
+def evaluate_runs(runs: dict, batch, probe: SparsityProbe, step: int, log: dict) -> None:
     for name, run in runs.items():
         run.eval_copy.load_state_dict(run.model.state_dict())
-        loss, accuracy = evaluate(run.eval_copy, batch, device, dtype)
+        loss, accuracy = evaluate(run.eval_copy, batch)
         curves = log["models"][name]["eval"]
         curves["step"].append(step)
         curves["loss"].append(loss)
@@ -227,6 +239,7 @@ def main(argv=None) -> dict:
     runs = build_runs(args, task, device, probe)
     start, log = resume(state, args, runs) if state else (0, new_log(args))
     held_out = task.batch(args.batch_size, seed=args.seed + 1_000_000, index=0).to(device)
+    check_rewritten(runs["entmax"].model, held_out, args.alpha)
     print(f"{task}, vocabulary {task.vocab_size}; batch {args.batch_size}; {args.dtype} on {device}; "
           f"steps {start + 1}..{args.steps}; writing to {out}")
 
@@ -236,8 +249,7 @@ def main(argv=None) -> dict:
         batch = task.batch(args.batch_size, seed=args.seed, index=index).to(device)
         step = index + 1
         for name, run in runs.items():
-            loss, accuracy, seconds = train_step(run.compiled, run.optimizer, run.schedule, batch,
-                                                 device, args.dtype)
+            loss, accuracy, seconds = train_step(run.compiled, run.optimizer, run.schedule, batch, device)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{name} model: loss {loss} at step {step}")
             train = log["models"][name]["train"]
@@ -246,7 +258,7 @@ def main(argv=None) -> dict:
         progress.set_postfix({f"{n} loss/acc": f"{log['models'][n]['train']['loss'][-1]:.2f}/"
                                                f"{log['models'][n]['train']['accuracy'][-1]:.2f}" for n in MODELS})
         if step % args.eval_every == 0:
-            evaluate_runs(runs, held_out, probe, device, args.dtype, step, log)
+            evaluate_runs(runs, held_out, probe, step, log)
         if step % args.save_every == 0 and step != args.steps:
             write_outputs(out, log, step, runs)
     progress.close()

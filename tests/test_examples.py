@@ -181,7 +181,7 @@ def test_train_long_context_logs_plots_and_resumes_exactly(tmp_path):
     args = TINY_MODEL + ["--eval-every", "2", "--save-every", "3"]
     full_run = start_example("train_long_context.py", *args, "--steps", "8", "--out", "full", cwd=tmp_path)
     run_example("train_long_context.py", *args, "--steps", "4", "--out", "split", cwd=tmp_path)
-    finish(full_run)
+    assert "2 of 2 attention sites rewritten" in finish(full_run).stdout
     first_half = read_log(tmp_path / "split")
     changed = list(args)
     changed[changed.index("--hidden") + 1] = "64"
