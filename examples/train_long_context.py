@@ -30,6 +30,7 @@ run with the same ``--seed`` logs (batches depend only on seed and step).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import statistics
@@ -100,7 +101,7 @@ def build_runs(args, task: RecallTask, device: torch.device, probe: SparsityProb
     runs = {}
     for name in MODELS:
         model = small_llama.small_llama(task.vocab_size, task.seq_len, args.hidden, args.layers, args.heads,
-                            args.seed).to(device)
+                                        args.seed).to(device=device, dtype=training.DTYPES[args.dtype])
         if name == "softmax":
             compiled = torch.compile(model, backend=args.compile)
             eval_copy = small_llama.with_attention(model, "sdpa")
@@ -126,7 +127,7 @@ def check_rewritten(model, batch, alpha: float) -> None:
 def new_log(args) -> dict:
     curves = {"train": {"step": [], "loss": [], "accuracy": [], "seconds": []},
               "eval": {"step": [], "loss": [], "accuracy": []}}
-    log = {"config": vars(args).copy(), "models": {m: json.loads(json.dumps(curves)) for m in MODELS}}
+    log = {"config": vars(args).copy(), "models": {m: copy.deepcopy(curves) for m in MODELS}}
     log["models"]["entmax"]["eval"].update(zero_fraction=[], block_sparsity=[])
     return log
 
