@@ -119,6 +119,7 @@ def sparse_attention(module=None, /, *, alpha=None, enabled: bool = True):
 
 
 def marking_of(cls) -> Optional[Marking]:
+    """The ``Marking`` that ``sparse_attention`` put on a module class, or None."""
     return getattr(cls, _MARK, None)
 
 

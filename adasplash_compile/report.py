@@ -32,6 +32,8 @@ class Site:
 
 @dataclass
 class GraphReport:
+    """One compiled graph: its index, FX code ``before`` and ``after`` the pass, and its sites."""
+
     index: int
     before: str
     after: str
@@ -49,14 +51,17 @@ class Report:
 
     @property
     def sites(self) -> list:
+        """Every site of every graph."""
         return [s for g in self.graphs for s in g.sites]
 
     @property
     def rewritten(self) -> list:
+        """The sites replaced by ``torch.ops.adasplash.entmax_attention``."""
         return [s for s in self.sites if s.rewritten]
 
     @property
     def left_alone(self) -> list:
+        """The sites kept as they were; each ``Site.reason`` says why."""
         return [s for s in self.sites if not s.rewritten]
 
     def __str__(self) -> str:
