@@ -62,7 +62,8 @@ def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
     g(t) = (sum d^2)^(1/2) - 1 (below), safe from the left, is taken instead. Any other alpha: a Newton step on
     g(t) = (sum d^k)^(1/k) - 1, nearly linear in t and convex for alpha <= 2 (a k-norm), so it
     converges from the left in a few steps: delta = (F - F^(2 - alpha)) / sum d^(k-1), F = sum d^k.
-    It is kept inside the bracket [lo, hi] (f(lo) >= 0 >= f(hi)), bisecting when it would leave it.
+    It is kept inside the bracket [lo, hi] (f(lo) >= 0 >= f(hi)), bisecting when it would leave
+    it, and ends when the step is below 1e-6.
     Rows with no admissible entry (count = 0, t = +inf) are done.
     """
     has = count > 0
@@ -87,8 +88,12 @@ def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
         power = tl.exp2((1.0 - 1.0 / k) * tl.log2(tl.maximum(s2, 1e-30)))
         newton = t + (s2 - power) / tl.where(s1 > 0, s1, 1.0)
         inside = (newton >= lo) & (newton < hi)
-        new_t = tl.where(inside, newton, 0.5 * (lo + hi))
-        done = tl.abs(new_t - t) <= 1e-6
+        # A step this small ends it, inside the bracket or not: once f(t) is at rounding level its
+        # sign, and so the side of the bracket t lands on, is noise (bisecting then only halves an
+        # old bracket, one pass per halving).
+        small = tl.abs(newton - t) <= 1e-6
+        new_t = tl.where(inside, newton, tl.where(small, t, 0.5 * (lo + hi)))
+        done = small | (tl.abs(new_t - t) <= 1e-6)
     done = done | (~has)
     new_t = tl.where(has, new_t, t)
     return new_t, lo, hi, prev, done

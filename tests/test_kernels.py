@@ -124,6 +124,17 @@ def test_attention_forward(oracle, case):
     assert stats[:, 3].sum().item() == pytest.approx((p > 0).sum().item(), abs=2)
 
 
+@pytest.mark.parametrize("alpha", [1.1, 1.3, 1.7, 1.9])
+def test_attention_threshold_newton_ends_at_rounding_level(oracle, alpha):
+    """Any alpha: Newton from t = -1 converges quadratically, so every query block is done in a
+    few passes (a step at rounding level used to start a bisection of an old bracket instead)."""
+    _, (out, tau, *_, stats), expected = _run_forward(oracle, Nq=256, Nk=256, D=64, DV=16,
+                                                      causal=True, alpha=alpha)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-5, atol=2e-5)
+    passes = stats.reshape(-1, 4)[:, 0]
+    assert passes.max().item() <= 7, passes.tolist()
+
+
 @pytest.mark.parametrize("block_m", [64, 128])
 def test_attention_forward_block_sizes(oracle, block_m, monkeypatch):
     """Both query-block sizes of the sparse kernel give the same attention."""
