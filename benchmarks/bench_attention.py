@@ -139,5 +139,8 @@ def run_point(point: AttentionPoint, impls, modes, device: torch.device, seed: i
     ran = [n for n in impls if "skipped" not in result["impls"][n]]
     if "ours" in ran:
         result["check"] = attempt(lambda: _check(q, k, v, point.causal, "adasplash" in ran))
+        # what the kernels did: threshold passes per query block (CUDA only), live tile fraction
+        result["kernel_stats"] = attempt(lambda: adasplash_compile.attention_stats(
+            q, k, v, is_causal=point.causal, alpha=ALPHA))
     result["wall_s"] = round(time.perf_counter() - start, 2)
     return result

@@ -43,17 +43,20 @@ def header(data: dict) -> str:
 def attention_table(data: dict, mode: str) -> list[str]:
     rows = [f"### Attention {MODE_TITLES[mode]} (bf16, alpha = 1.5; ratios are times over times)", "",
             "| mask | D | N | B | block sparsity target / measured | SDPA ms | ours ms | adasplash ms "
-            "| ours/SDPA | adasplash/SDPA | ours/adasplash | peak mem ours/SDPA | ours path |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| ours/SDPA | adasplash/SDPA | ours/adasplash | peak mem ours/SDPA | ours path "
+            "| threshold passes | live tiles |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in data["attention"]:
         p = res["point"]
         sdpa, ours, pkg = (_get(res, n, mode) for n in ("sdpa", "ours", "adasplash"))
         mem = _ratio(_get(res, "ours", mode, "peak_mib"), _get(res, "sdpa", mode, "peak_mib"))
+        stats = res.get("kernel_stats", {})
         rows.append(
             f"| {'causal' if p['causal'] else 'none'} | {p['head_dim']} | {p['seq']} | {p['batch']} "
             f"| {p['target']:.2f} / {_fmt(_sparsity(res), 3)} | {_fmt(sdpa, 3)} | {_fmt(ours, 3)} "
             f"| {_fmt(pkg, 3)} | {_fmt(_ratio(ours, sdpa))} | {_fmt(_ratio(pkg, sdpa))} "
-            f"| {_fmt(_ratio(ours, pkg))} | {_fmt(mem)} | {res.get('ours_path', '-')} |")
+            f"| {_fmt(_ratio(ours, pkg))} | {_fmt(mem)} | {res.get('ours_path', '-')} "
+            f"| {_fmt(stats.get('threshold_passes'))} | {_fmt(stats.get('live_tile_fraction'), 3)} |")
     return rows
 
 
@@ -109,7 +112,9 @@ def markdown(data: dict) -> str:
             lines += attention_table(data, mode) + [""]
         lines += ["Inputs: q, k = rope(a c + noise), a calibrated per target (see the JSON); block "
                   "sparsity measured exactly over all 64x64 tiles. Peak memory: max_memory_allocated "
-                  "delta of one call.", ""]
+                  "delta of one call. Threshold passes: mean per query block (CUDA kernels only); "
+                  "live tiles: the fraction of admissible tiles the output pass and the backward visit.",
+                  ""]
     if data["entmax"]:
         lines += entmax_table(data) + ["", "copy = one read + one write of the tensor (memory floor).", ""]
     issues = problems(data)

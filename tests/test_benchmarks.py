@@ -81,6 +81,9 @@ def test_smoke_run_writes_json_markdown_and_plot(tmp_path, capsys):
         assert sp["admissible_tiles"] > 0 and 0 <= sp["block_sparsity"] < 1
         assert sp["tau_source"] == "op" and sp["tau_max_abs_err_vs_reference"] < 1e-4
         assert res["check"]["ours_finite"]
+        stats = res["kernel_stats"]  # the reference path: no passes to count
+        assert stats["threshold_passes"] is None
+        assert 1 - stats["live_tile_fraction"] == pytest.approx(sp["block_sparsity"], abs=0.05)
         for impl in ("ours", "sdpa"):
             for mode in ("fwd", "fwd_bwd"):
                 assert res["impls"][impl][mode]["ms"] > 0, (impl, mode, res["impls"][impl])
