@@ -121,3 +121,16 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert "RuntimeError: boom" in data["attention"][0]["error"]
     md = next(tmp_path.glob("*.md")).read_text()
     assert "entmax softmax fwd: RuntimeError: boom" in md and "attention point: RuntimeError: boom" in md
+
+
+def test_pass_counter_reports_the_kernels_passes_and_errors(capsys):
+    """benchmarks.passes: the threshold kernel's passes on benchmark inputs, its tau and output
+    against the reference, and its table."""
+    from benchmarks import passes
+
+    r = passes.count_passes(seq=192, head_dim=32, heads=1, alpha=1.5, a=20.0)
+    assert 1 <= r["mean_passes"] <= r["max_passes"] <= 32
+    assert r["tau_err"] < 1e-5 and r["out_err"] < 1e-4
+    assert 0 < r["block_sparsity"] < 1
+    passes.main(["--seq", "128", "--head-dim", "16", "--heads", "1", "--alphas", "2", "--scales", "5"])
+    assert "| 2 | 5 |" in capsys.readouterr().out
