@@ -28,6 +28,26 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _version(module) -> tuple:
+    return tuple(int(part) for part in module.__version__.split(".")[:2])
+
+
+def pytest_sessionstart(session):
+    """Triton 3.6's interpreter (torch 2.11 pins it) breaks on numpy >= 2.4 (triton-lang/triton#9171):
+    say so once instead of failing every kernel test with a TypeError from the interpreter."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    try:
+        import numpy
+        import triton
+    except ImportError:
+        return
+    if _version(triton) < (3, 7) and _version(numpy) >= (2, 4):
+        raise pytest.UsageError(
+            f"Triton {triton.__version__}'s interpreter, which runs the kernel tests without a GPU, "
+            f"fails with numpy {numpy.__version__}: install 'numpy<2.4' (or Triton >= 3.7)")
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     """A different, reproducible random stream for every test."""
