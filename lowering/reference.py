@@ -90,7 +90,8 @@ def _tau_newton(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     """Bracketed Newton on f(tau) = sum_j [z_j - tau]_+^(1/(alpha-1)) - 1 (z already shifted).
 
     f is decreasing; f(-1) >= 0 and f(-n^(1-alpha)) <= 0 bracket the root. A Newton step that
-    leaves the bracket is replaced by bisection.
+    leaves the bracket is replaced by bisection, unless it is at rounding level: then f(tau) is
+    too, its sign is noise, and tau has converged.
     """
     k = 1.0 / (alpha - 1.0)
     n = torch.isfinite(z).sum(-1, keepdim=True).clamp_min(1).to(z.dtype)
@@ -106,13 +107,33 @@ def _tau_newton(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
         lo = torch.where(f >= 0, tau, lo)
         hi = torch.where(f < 0, tau, hi)
         newton = tau - f / fp
+        tol = 4 * tiny * tau.abs().clamp_min(1)
+        small = (newton - tau).abs() <= tol
         inside = (newton > lo) & (newton < hi)
-        new_tau = torch.where(inside, newton, (lo + hi) / 2)
-        step = (new_tau - tau).abs()
+        new_tau = torch.where(inside, newton, torch.where(small, tau, (lo + hi) / 2))
+        done = small | ((new_tau - tau).abs() <= tol)
         tau = new_tau
-        if bool((step <= 4 * tiny * tau.abs().clamp_min(1)).all()):
+        if bool(done.all()):
             break
     return tau
+
+
+def _candidates(zs: torch.Tensor) -> torch.Tensor:
+    """The entries > -1 of each row of zs (max 0), packed into K columns (K = the most in any row,
+    -inf after a row's own), when that halves the width at least.
+
+    tau >= -1 (the max alone gives f(-1) >= 0), so an entry <= -1 is never in the support and tau
+    on these columns is tau on all of them: the sort and the iterations then run over K columns.
+    """
+    keep = zs > -1
+    n = zs.shape[-1]
+    k = max(int(keep.sum(-1).amax()), 1) if zs.numel() else n
+    if k > n // 2:
+        return zs
+    # every dropped entry goes to one extra column, cut off after the scatter
+    slot = torch.where(keep, keep.cumsum(-1) - 1, k)
+    packed = zs.new_full((*zs.shape[:-1], k + 1), -math.inf)
+    return packed.scatter_(-1, slot, zs)[..., :k]
 
 
 def threshold(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
@@ -124,7 +145,7 @@ def threshold(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     zmax = z.amax(-1, keepdim=True)
     empty = torch.isneginf(zmax)
     zmax = torch.where(empty, torch.zeros_like(zmax), zmax)
-    zs = z - zmax
+    zs = _candidates(z - zmax)
     if _is_const(alpha, 2.0):
         tau = _tau_sparsemax(zs)
     elif _is_const(alpha, 1.5):

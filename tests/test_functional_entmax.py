@@ -125,6 +125,24 @@ def test_neg_inf_entries_and_empty_rows(oracle, alpha):
     assert (x.grad[2] == 0).all() and (x.grad[0, [1, 4, 5]] == 0).all()
 
 
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.3, 2.6])
+@pytest.mark.parametrize("near_ties", [False, True])
+def test_rows_of_very_different_support_sizes(oracle, alpha, near_ties):
+    """The reference solves tau only over each row's entries within 1 of the max (packed to the
+    widest such row when that halves the width): rows with one candidate, with hundreds, with
+    -inf entries and none at all, side by side."""
+    x = _x(6, 400, spread=8.0)
+    x[1] = torch.randn(400, dtype=torch.float64) * 0.01  # every entry a candidate
+    x[2, 1:] = x[2, 0] - 50  # only the max
+    x[3, ::3] = -float("inf")
+    x[4] = -float("inf")
+    if not near_ties:
+        x[1] *= 1000  # then no row has more than half its entries near the max
+    p = ac.entmax(x, alpha=alpha)
+    torch.testing.assert_close(p, oracle.entmax(x, alpha), rtol=1e-9, atol=1e-12)
+    assert (p[4] == 0).all() and p[2, 0] == 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.3])
 def test_half_precision_extreme_logits_stay_finite(oracle, dtype, alpha):
