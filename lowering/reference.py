@@ -118,41 +118,45 @@ def _tau_newton(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     return tau
 
 
-def _candidates(zs: torch.Tensor) -> torch.Tensor:
-    """The entries > -1 of each row of zs (max 0), packed into K columns (K = the most in any row,
-    -inf after a row's own), when that halves the width at least.
+def _candidates(zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed, empty) for zs whose finite rows have max 0: the entries > -1 of each row packed
+    into K columns (K = the most in any row, -inf after a row's own) when that halves the width
+    at least, else zs itself; empty (keepdim) marks the rows with no finite entry.
 
     tau >= -1 (the max alone gives f(-1) >= 0), so an entry <= -1 is never in the support and tau
     on these columns is tau on all of them: the sort and the iterations then run over K columns.
     """
     keep = zs > -1
+    count = keep.sum(-1, keepdim=True)
     n = zs.shape[-1]
-    k = max(int(keep.sum(-1).amax()), 1) if zs.numel() else n
+    k = max(int(count.amax()), 1) if zs.numel() else n
     if k > n // 2:
-        return zs
+        return zs, count == 0
     # every dropped entry goes to one extra column, cut off after the scatter
     slot = torch.where(keep, keep.cumsum(-1) - 1, k)
     packed = zs.new_full((*zs.shape[:-1], k + 1), -math.inf)
-    return packed.scatter_(-1, slot, zs)[..., :k]
+    return packed.scatter_(-1, slot, zs)[..., :k], count == 0
 
 
-def threshold(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
-    """tau (keepdim over the last axis) for z = (alpha - 1) x; +inf for rows with no finite entry.
-
-    Solved relative to the row max (a no-op for ``relative_scores``, whose max is 0).
-    alpha: a float or a tensor broadcastable to z[..., :1].
-    """
-    zmax = z.amax(-1, keepdim=True)
-    empty = torch.isneginf(zmax)
-    zmax = torch.where(empty, torch.zeros_like(zmax), zmax)
-    zs = _candidates(z - zmax)
+def relative_threshold(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    """tau (keepdim over the last axis) for z = (alpha - 1)(x - max x), as ``relative_scores``
+    gives; +inf for rows with no finite entry. alpha: a float or a tensor broadcastable to
+    z[..., :1]."""
+    zs, empty = _candidates(z)
     if _is_const(alpha, 2.0):
         tau = _tau_sparsemax(zs)
     elif _is_const(alpha, 1.5):
         tau = _tau_entmax15(zs)
     else:
         tau = _tau_newton(zs, alpha)
-    return torch.where(empty, torch.full_like(tau, math.inf), tau + zmax)
+    return torch.where(empty, torch.full_like(tau, math.inf), tau)
+
+
+def threshold(z: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    """``relative_threshold`` for any z = (alpha - 1) x: solved relative to the row max."""
+    zmax = z.amax(-1, keepdim=True)
+    zmax = torch.where(torch.isneginf(zmax), torch.zeros_like(zmax), zmax)
+    return relative_threshold(z - zmax, alpha) + zmax
 
 
 def probabilities(z: torch.Tensor, tau: torch.Tensor, alpha: Alpha) -> torch.Tensor:
@@ -217,7 +221,7 @@ def entmax_forward(x: torch.Tensor, alpha: Alpha, dim: int = -1) -> torch.Tensor
     a_last = a.movedim(dim, -1) if isinstance(a, torch.Tensor) else a
     z, _ = relative_scores(x.to(cd).movedim(dim, -1), a_last)
     with torch.no_grad():
-        tau = threshold(z, a_last)
+        tau = relative_threshold(z, a_last)
     return probabilities(z, tau, a_last).movedim(-1, dim).to(x.dtype)
 
 
@@ -347,7 +351,7 @@ def attention_forward(
         for r0, r1 in P.blocks():
             s = P.scores(r0, r1)
             z, m = relative_scores(s, a)
-            t = threshold(z, a)
+            t = relative_threshold(z, a)
             p = probabilities(z, t, a)
             if dropout_p > 0:
                 p = p * P.dropout_keep(seed, r0, p.shape, dropout_p) / (1.0 - dropout_p)
