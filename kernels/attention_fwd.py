@@ -144,8 +144,9 @@ def adasplash_attention_threshold(
     """tau per row: threshold passes, each over the tiles that can hold some z > t."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
-    # Pointers and indices are computed here, not returned by helpers: Inductor's analysis of
-    # which tensors a kernel writes ties a helper's results to all of its pointer arguments.
+    # Pointers, indices and whatever picks list positions (alpha, the row statistics) are
+    # computed here, not returned by helpers: Inductor's analysis of which tensors a kernel writes
+    # ties a helper's results to all of its pointer arguments.
     pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, tl.arange(0, BLOCK_D),
@@ -219,8 +220,9 @@ def adasplash_attention_out(
     the kernels write exact.)"""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)
-    # Pointers and indices are computed here, not returned by helpers: Inductor's analysis of
-    # which tensors a kernel writes ties a helper's results to all of its pointer arguments.
+    # Pointers, indices and whatever picks list positions (alpha, the row statistics) are
+    # computed here, not returned by helpers: Inductor's analysis of which tensors a kernel writes
+    # ties a helper's results to all of its pointer arguments.
     pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, tl.arange(0, BLOCK_D),
