@@ -14,6 +14,10 @@ For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf
    out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the
    exact tau and absorbs rounding).
 
+Tiles with every key in range and, if causal, before the block's first row (``_interior_tiles``)
+skip the range and causal checks: the dense sweep visits them apart, and the sparse passes, whose
+tile lists are ascending, visit the live ones first in a loop of their own.
+
 tau is saved relative to (alpha - 1) m, with m: absolute values would round tau away for huge |s|.
 No length is a compile-time constant: one compiled kernel serves every Nq, Nk.
 """
@@ -46,6 +50,18 @@ def _program_coords(Hq, G, Nq, Nk, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexp
     else:
         n_kt = tl.cdiv(Nk, 64)
     return pid_m, bh, b, h, h // G, n_kt
+
+
+@triton.jit
+def _interior_tiles(pid_m, Nq, Nk, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """How many key tiles from 0 need no range or causal check for this query block: every key
+    in range and, if causal, before the block's first row; none for the last block (padded rows)."""
+    n_free = Nk // 64
+    if IS_CAUSAL:
+        n_free = tl.minimum(n_free, pid_m * (BLOCK_M // 64))
+    if (pid_m + 1) * BLOCK_M > Nq:
+        n_free = 0
+    return n_free
 
 
 @triton.jit
@@ -86,13 +102,7 @@ def adasplash_attention_max(
     slices = pid_m * R + tl.arange(0, R)
     tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
 
-    # Interior tiles (every key in range and, if causal, before the block's first row) need no
-    # checks; the last query block (padded rows) checks every tile.
-    n_free = Nk // 64
-    if IS_CAUSAL:
-        n_free = tl.minimum(n_free, pid_m * R)
-    if (pid_m + 1) * BLOCK_M > Nq:
-        n_free = 0
+    n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for i in range(0, n_kt - n_free):
         m = _max_tile(q, K, Mask, k_base, mask_base, offs_m, n_kt - 1 - i, offs_d, stride_kn,
@@ -106,10 +116,12 @@ def adasplash_attention_max(
 
 
 @triton.jit
-def _live_list(tm_ptrs, slice_ok, List, n_kt, thr, CHUNK: tl.constexpr):
-    """Write to List the key tiles whose table entry reaches thr for some 64-row slice; return
-    how many. The same program reads the list back after the barrier."""
+def _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, CHUNK: tl.constexpr):
+    """Write to List, in ascending order, the key tiles whose table entry reaches thr for some
+    64-row slice; return how many, and how many of them are below n_free (the interior ones,
+    first in the list). The same program reads the list back after the barrier."""
     n_live = tl.full([], 0, tl.int32)
+    n_int = tl.full([], 0, tl.int32)
     for c in range(0, n_kt, CHUNK):
         kt = c + tl.arange(0, CHUNK)
         tmax = tl.load(tm_ptrs[:, None] + kt[None, :], mask=slice_ok[:, None] & (kt[None, :] < n_kt),
@@ -118,8 +130,9 @@ def _live_list(tm_ptrs, slice_ok, List, n_kt, thr, CHUNK: tl.constexpr):
         pos = n_live + tl.cumsum(live.to(tl.int32), 0) - 1
         tl.store(List + pos, kt, mask=live)
         n_live += tl.sum(live.to(tl.int32), 0)
+        n_int += tl.sum((live & (kt < n_free)).to(tl.int32), 0)
     tl.debug_barrier()
-    return n_live
+    return n_live, n_int
 
 
 @triton.jit
@@ -127,6 +140,17 @@ def _slice_threshold(t, am1, R: tl.constexpr):
     """Per 64-row slice, the smallest t / (alpha - 1): a tile whose entry (an upper bound of
     s - m) is below it holds no z > t."""
     return tl.min(tl.reshape(t / am1, (R, 64)), 1)
+
+
+@triton.jit
+def _tile_threshold_stats(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+                          stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, t, am1, k,
+                          IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+                          PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr):
+    """Per-row (count, s1, s2) of one key tile at the trial t (``threshold_stats``)."""
+    s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd,
+                   stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
+    return threshold_stats(tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0), ALPHA_MODE, k)
 
 
 @triton.jit
@@ -168,6 +192,7 @@ def adasplash_attention_threshold(
     mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
     empty = m == float("-inf")
     m = tl.where(empty, 0.0, m)
+    n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
 
     t = tl.where(empty, float("inf"), -1.0)
     lo = t
@@ -178,17 +203,23 @@ def adasplash_attention_threshold(
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
         # converged rows keep their t and no longer need their tiles
         thr = _slice_threshold(tl.where(done, float("inf"), t), am1, R)
-        n_live = _live_list(tm_ptrs, slice_ok, List, n_kt, thr, LIST_CHUNK)
+        n_live, n_int = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, LIST_CHUNK)
         count = tl.zeros([BLOCK_M], tl.float32)
         s1 = tl.zeros([BLOCK_M], tl.float32)
         s2 = tl.zeros([BLOCK_M], tl.float32)
-        for j in range(0, n_live):
-            kt = tl.load(List + j)
-            s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + offs_t, offs_d,
-                           stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
-                           IS_CAUSAL, MASK_KIND, PRECISION, True)
-            d = tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0)
-            c0, c1, c2 = threshold_stats(d, ALPHA_MODE, k)
+        for j in range(0, n_int):
+            c0, c1, c2 = _tile_threshold_stats(
+                q, K, Mask, k_base, mask_base, offs_m, tl.load(List + j) * 64 + offs_t, offs_d,
+                stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, t, am1, k,
+                IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, False)
+            count += c0
+            s1 += c1
+            s2 += c2
+        for j in range(n_int, n_live):
+            c0, c1, c2 = _tile_threshold_stats(
+                q, K, Mask, k_base, mask_base, offs_m, tl.load(List + j) * 64 + offs_t, offs_d,
+                stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, t, am1, k,
+                IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, True)
             count += c0
             s1 += c1
             s2 += c2
@@ -200,6 +231,24 @@ def adasplash_attention_threshold(
     tl.store(Tau + rows, t, mask=offs_m < Nq)
     if STATS:
         tl.store(Stats + (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * 4, step.to(tl.float32))
+
+
+@triton.jit
+def _tile_output(acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m, offs_n,
+                 offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
+                 Nq, Nk, D, DV, scale, m, t, am1, k, IS_CAUSAL: tl.constexpr,
+                 MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr,
+                 STATS: tl.constexpr, BOUNDS: tl.constexpr):
+    """One key tile into (acc += p v, l += sum p, support += #{p > 0})."""
+    s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd,
+                   stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
+    p = entmax_power(tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0), k, ALPHA_MODE)
+    l += tl.sum(p, 1)
+    if STATS:
+        support += tl.sum((p > 0).to(tl.float32), 1)
+    v = load_tile(V + v_base, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV)
+    acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, l, support
 
 
 @triton.jit
@@ -247,21 +296,24 @@ def adasplash_attention_out(
     m = tl.where(m == float("-inf"), 0.0, m)
     t = tl.load(Tau + rows, mask=offs_m < Nq, other=float("inf"))
 
-    n_live = _live_list(tm_ptrs, slice_ok, List, n_kt, _slice_threshold(t, am1, R), LIST_CHUNK)
+    n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
+    n_live, n_int = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, _slice_threshold(t, am1, R),
+                               LIST_CHUNK)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     support = tl.zeros([BLOCK_M], tl.float32)
-    for j in range(0, n_live):
-        offs_n = tl.load(List + j) * 64 + offs_t
-        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND,
-                       PRECISION, True)
-        p = entmax_power(tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0), k, ALPHA_MODE)
-        l += tl.sum(p, 1)
-        if STATS:
-            support += tl.sum((p > 0).to(tl.float32), 1)
-        v = load_tile(V + v_base, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV)
-        acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    for j in range(0, n_int):
+        acc, l, support = _tile_output(
+            acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
+            tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
+            stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, m, t, am1, k, IS_CAUSAL,
+            MASK_KIND, PRECISION, ALPHA_MODE, STATS, False)
+    for j in range(n_int, n_live):
+        acc, l, support = _tile_output(
+            acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
+            tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
+            stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, m, t, am1, k, IS_CAUSAL,
+            MASK_KIND, PRECISION, ALPHA_MODE, STATS, True)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),
              mask=(offs_m[:, None] < Nq) & (offs_dv[None, :] < DV))
