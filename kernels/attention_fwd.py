@@ -207,22 +207,15 @@ def adasplash_attention_threshold(
         count = tl.zeros([BLOCK_M], tl.float32)
         s1 = tl.zeros([BLOCK_M], tl.float32)
         s2 = tl.zeros([BLOCK_M], tl.float32)
-        for j in range(0, n_int):
-            c0, c1, c2 = _tile_threshold_stats(
-                q, K, Mask, k_base, mask_base, offs_m, tl.load(List + j) * 64 + offs_t, offs_d,
-                stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, t, am1, k,
-                IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, False)
-            count += c0
-            s1 += c1
-            s2 += c2
-        for j in range(n_int, n_live):
-            c0, c1, c2 = _tile_threshold_stats(
-                q, K, Mask, k_base, mask_base, offs_m, tl.load(List + j) * 64 + offs_t, offs_d,
-                stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, t, am1, k,
-                IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, True)
-            count += c0
-            s1 += c1
-            s2 += c2
+        for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
+            for j in range(n_int if edge else 0, n_live if edge else n_int):
+                c0, c1, c2 = _tile_threshold_stats(
+                    q, K, Mask, k_base, mask_base, offs_m, tl.load(List + j) * 64 + offs_t,
+                    offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, t,
+                    am1, k, IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, edge == 1)
+                count += c0
+                s1 += c1
+                s2 += c2
         t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, prev, k,
                                                          ALPHA_MODE)
         t = tl.where(done, t, t_next)
@@ -302,18 +295,13 @@ def adasplash_attention_out(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     support = tl.zeros([BLOCK_M], tl.float32)
-    for j in range(0, n_int):
-        acc, l, support = _tile_output(
-            acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
-            tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
-            stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, m, t, am1, k, IS_CAUSAL,
-            MASK_KIND, PRECISION, ALPHA_MODE, STATS, False)
-    for j in range(n_int, n_live):
-        acc, l, support = _tile_output(
-            acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
-            tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
-            stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, m, t, am1, k, IS_CAUSAL,
-            MASK_KIND, PRECISION, ALPHA_MODE, STATS, True)
+    for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
+        for j in range(n_int if edge else 0, n_live if edge else n_int):
+            acc, l, support = _tile_output(
+                acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
+                tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
+                stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, m, t, am1, k, IS_CAUSAL,
+                MASK_KIND, PRECISION, ALPHA_MODE, STATS, edge == 1)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),
              mask=(offs_m[:, None] < Nq) & (offs_dv[None, :] < DV))
