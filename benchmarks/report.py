@@ -43,19 +43,21 @@ def header(data: dict) -> str:
 def attention_table(data: dict, mode: str) -> list[str]:
     rows = [f"### Attention {MODE_TITLES[mode]} (bf16, alpha = 1.5; ratios are times over times)", "",
             "| mask | D | N | B | block sparsity target / measured | SDPA ms | ours ms | adasplash ms "
-            "| ours/SDPA | adasplash/SDPA | ours/adasplash | peak mem ours/SDPA | ours path "
-            "| threshold passes | live tiles |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| ours/SDPA | adasplash/SDPA | ours/adasplash | SDPA default ms | ours/SDPA default "
+            "| peak mem ours/SDPA | ours path | threshold passes | live tiles |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in data["attention"]:
         p = res["point"]
-        sdpa, ours, pkg = (_get(res, n, mode) for n in ("sdpa", "ours", "adasplash"))
+        sdpa, ours, pkg, dflt = (_get(res, n, mode)
+                                 for n in ("sdpa", "ours", "adasplash", "sdpa_default"))
         mem = _ratio(_get(res, "ours", mode, "peak_mib"), _get(res, "sdpa", mode, "peak_mib"))
         stats = res.get("kernel_stats", {})
         rows.append(
             f"| {'causal' if p['causal'] else 'none'} | {p['head_dim']} | {p['seq']} | {p['batch']} "
             f"| {p['target']:.2f} / {_fmt(_sparsity(res), 3)} | {_fmt(sdpa, 3)} | {_fmt(ours, 3)} "
             f"| {_fmt(pkg, 3)} | {_fmt(_ratio(ours, sdpa))} | {_fmt(_ratio(pkg, sdpa))} "
-            f"| {_fmt(_ratio(ours, pkg))} | {_fmt(mem)} | {res.get('ours_path', '-')} "
+            f"| {_fmt(_ratio(ours, pkg))} | {_fmt(dflt, 3)} | {_fmt(_ratio(ours, dflt))} "
+            f"| {_fmt(mem)} | {res.get('ours_path', '-')} "
             f"| {_fmt(stats.get('threshold_passes'))} | {_fmt(stats.get('live_tile_fraction'), 3)} |")
     return rows
 
@@ -126,15 +128,16 @@ def markdown(data: dict) -> str:
 def summary(data: dict) -> str:
     """A short fixed-width table: the ratios the performance targets are stated in."""
     lines = [header(data), f"{'attention':<26}{'bs':>6}{'fwd/SDPA':>10}{'fwd/pkg':>9}"
-                           f"{'f+b/SDPA':>10}{'f+b/pkg':>9}{'mem/SDPA':>10}"]
+                           f"{'fwd/dflt':>10}{'f+b/SDPA':>10}{'f+b/pkg':>9}{'f+b/dflt':>10}"
+                           f"{'mem/SDPA':>10}"]
     for res in data["attention"]:
         p = res["point"]
         r = [_ratio(_get(res, "ours", m), _get(res, o, m))
-             for m in ("fwd", "fwd_bwd") for o in ("sdpa", "adasplash")]
+             for m in ("fwd", "fwd_bwd") for o in ("sdpa", "adasplash", "sdpa_default")]
         mem = _ratio(_get(res, "ours", "fwd_bwd", "peak_mib"), _get(res, "sdpa", "fwd_bwd", "peak_mib"))
         name = f"{_attention_key(res)} N={p['seq']}"
         lines.append(f"{name:<26}{_fmt(_sparsity(res)):>6}" + "".join(f"{_fmt(x):>{w}}" for x, w in
-                                                                     zip(r + [mem], (10, 9, 10, 9, 10))))
+                                                                     zip(r + [mem], (10, 9, 10, 10, 9, 10, 10))))
     lines.append(f"{'entmax':<26}{'/softmax':>10}{'/pkg':>8}{'/copy':>8}")
     for res in data["entmax"]:
         p = res["point"]

@@ -24,13 +24,13 @@ import triton.language as tl
 
 from .attention_fwd import TILE, dot_precision, mask_4d
 from .entmax_rows import alpha_mode
-from .tiles import load_tile, mask_scores, score_tile
+from .tiles import load_tile, shift_scores, shifted_scores
 
 
 @triton.jit
-def _p_and_u(s, m, t, am1, k, ALPHA_MODE: tl.constexpr):
-    """p = d^k and u = d^(k-1) on the support, d = [(alpha - 1)(s - m) - t]_+."""
-    d = tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0)
+def _p_and_u(x, k, ALPHA_MODE: tl.constexpr):
+    """p = d^k and u = d^(k-1) on the support, d = [x]_+, x = (alpha - 1)(s - m) - tau."""
+    d = tl.maximum(x, 0.0)
     if ALPHA_MODE == 1:
         return d * d, d
     elif ALPHA_MODE == 2:
@@ -104,10 +104,10 @@ def adasplash_attention_bwd_dq(
     ent = tl.zeros([BLOCK_M], tl.float32)
     for j in range(0, n_live):
         offs_n = tl.load(KList + j) * BLOCK_N + offs_b
-        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND,
-                       PRECISION, True)
-        p, u = _p_and_u(s, m, t, am1, k, ALPHA_MODE)
+        x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+                           stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t,
+                           IS_CAUSAL, MASK_KIND, PRECISION, True)
+        p, u = _p_and_u(x, k, ALPHA_MODE)
         vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
         dp = tl.dot(do, vt, input_precision=PRECISION)
         su += tl.sum(u, 1)
@@ -127,10 +127,10 @@ def adasplash_attention_bwd_dq(
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for j in range(0, n_live):
         offs_n = tl.load(KList + j) * BLOCK_N + offs_b
-        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND,
-                       PRECISION, True)
-        p, u = _p_and_u(s, m, t, am1, k, ALPHA_MODE)
+        x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+                           stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t,
+                           IS_CAUSAL, MASK_KIND, PRECISION, True)
+        p, u = _p_and_u(x, k, ALPHA_MODE)
         vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
         ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
         kb = load_tile(K + k_base, offs_n, offs_d, stride_kn, stride_kd, Nk, D)
@@ -184,10 +184,10 @@ def adasplash_attention_bwd_dkdv(
         do = load_tile(DO + o_base, offs_m, offs_dv, stride_om, stride_od, Nq, DV)
         m, t = _row_stats(RowMax, Tau, rows, offs_m < Nq)
         delta = tl.load(Delta + rows, mask=offs_m < Nq, other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * scale
-        s = mask_scores(s, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
-                        IS_CAUSAL, MASK_KIND, True)
-        p, u = _p_and_u(s, m, t, am1, k, ALPHA_MODE)
+        x = shift_scores(tl.dot(q, kt, input_precision=PRECISION), Mask, mask_base, offs_m,
+                         offs_n, stride_mm, stride_mn, Nq, Nk, scale, am1, m, t,
+                         IS_CAUSAL, MASK_KIND, True)
+        p, u = _p_and_u(x, k, ALPHA_MODE)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)

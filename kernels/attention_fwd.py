@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .entmax_rows import alpha_mode
 from .threshold import entmax_power, threshold_stats, threshold_step
-from .tiles import load_tile, score_tile
+from .tiles import load_tile, score_tile, shifted_scores
 
 TILE = 64
 MAX_STEPS = 32
@@ -144,13 +144,14 @@ def _slice_threshold(t, am1, R: tl.constexpr):
 
 @triton.jit
 def _tile_threshold_stats(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                          stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, t, am1, k,
+                          stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, k,
                           IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
                           PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr):
     """Per-row (count, s1, s2) of one key tile at the trial t (``threshold_stats``)."""
-    s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd,
-                   stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
-    return threshold_stats(tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0), ALPHA_MODE, k)
+    x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
+                       MASK_KIND, PRECISION, BOUNDS)
+    return threshold_stats(tl.maximum(x, 0.0), ALPHA_MODE, k)
 
 
 @triton.jit
@@ -211,8 +212,8 @@ def adasplash_attention_threshold(
             for j in range(n_int if edge else 0, n_live if edge else n_int):
                 c0, c1, c2 = _tile_threshold_stats(
                     q, K, Mask, k_base, mask_base, offs_m, tl.load(List + j) * 64 + offs_t,
-                    offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, t,
-                    am1, k, IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, edge == 1)
+                    offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1,
+                    m, t, k, IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, edge == 1)
                 count += c0
                 s1 += c1
                 s2 += c2
@@ -229,13 +230,14 @@ def adasplash_attention_threshold(
 @triton.jit
 def _tile_output(acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m, offs_n,
                  offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
-                 Nq, Nk, D, DV, scale, m, t, am1, k, IS_CAUSAL: tl.constexpr,
+                 Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL: tl.constexpr,
                  MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr,
                  STATS: tl.constexpr, BOUNDS: tl.constexpr):
     """One key tile into (acc += p v, l += sum p, support += #{p > 0})."""
-    s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd,
-                   stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
-    p = entmax_power(tl.maximum(am1 * (s - m[:, None]) - t[:, None], 0.0), k, ALPHA_MODE)
+    x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
+                       MASK_KIND, PRECISION, BOUNDS)
+    p = entmax_power(tl.maximum(x, 0.0), k, ALPHA_MODE)
     l += tl.sum(p, 1)
     if STATS:
         support += tl.sum((p > 0).to(tl.float32), 1)
@@ -300,7 +302,7 @@ def adasplash_attention_out(
             acc, l, support = _tile_output(
                 acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
                 tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
-                stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, m, t, am1, k, IS_CAUSAL,
+                stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL,
                 MASK_KIND, PRECISION, ALPHA_MODE, STATS, edge == 1)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),

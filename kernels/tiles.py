@@ -41,3 +41,36 @@ def score_tile(
     s = tl.dot(q, kt, input_precision=PRECISION) * scale
     return mask_scores(s, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
                        IS_CAUSAL, MASK_KIND, BOUNDS)
+
+
+@triton.jit
+def shift_scores(qk, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale, mult,
+                 m, t, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, BOUNDS: tl.constexpr):
+    """mult (s - m) - t for the products qk = q k^T (mult > 0 a scalar; m, t one value per row),
+    s = scale qk (+ mask) as ``score_tile``.
+
+    Without a float mask this is one FMA per entry, (mult scale) qk - (mult m + t), instead of
+    the four operations of scaling, shifting and multiplying s: the sparse passes are bound by
+    such per-entry work. (A float mask can hold values like finfo.min, next to which mult m + t
+    rounds t away: then s - m comes first.)"""
+    if MASK_KIND == 2:
+        s = mask_scores(qk * scale, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                        IS_CAUSAL, MASK_KIND, BOUNDS)
+        return mult * (s - m[:, None]) - t[:, None]
+    else:
+        # mult > 0 keeps every excluded entry at -inf
+        return mask_scores(qk * (mult * scale), Mask, mask_base, offs_m, offs_n, stride_mm,
+                           stride_mn, Nq, Nk, IS_CAUSAL, MASK_KIND, BOUNDS) - (mult * m + t)[:, None]
+
+
+@triton.jit
+def shifted_scores(
+    q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd, stride_mm,
+    stride_mn, Nq, Nk, D, scale, mult, m, t, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
+):
+    """``shift_scores`` of q and the keys offs_n, with q (rows x D) already loaded."""
+    kt = load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk)
+    return shift_scores(tl.dot(q, kt, input_precision=PRECISION), Mask, mask_base, offs_m, offs_n,
+                        stride_mm, stride_mn, Nq, Nk, scale, mult, m, t, IS_CAUSAL, MASK_KIND,
+                        BOUNDS)

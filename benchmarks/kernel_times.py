@@ -1,0 +1,117 @@
+"""Where the attention time goes: device time per Triton kernel, next to SDPA, on a GPU.
+
+For each input scale ``a`` (``inputs.attention_inputs``; larger is sparser) this runs the forward
+and the backward launch helpers of ``kernels`` directly (no autograd, no compile) under the torch
+profiler and prints, per kernel, its mean device time per call, with the threshold passes per query
+block, the fraction of live tiles of the output pass and the block sparsity measured on the same
+inputs. Use it to see which kernel a change should speed up, and to compare two versions of the
+kernels on the same warm machine (run it once per checkout, same arguments).
+
+    python -m benchmarks.kernel_times                         # causal, N = 16k, B = 1, H = 16, D = 128
+    python -m benchmarks.kernel_times --scales 0 10.8 --json times.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+from . import inputs
+
+ALPHA = 1.5
+# the input scales the quick benchmark calibrated for block sparsity 0, .5, .75, .9, .95 at N = 16k
+DEFAULT_SCALES = (0.0, 8.0, 9.31, 10.83, 12.34)
+
+
+def _device_ms(fn, reps: int) -> dict[str, float]:
+    """Mean device milliseconds per call of ``fn``, per kernel name (after one warm-up call)."""
+    fn()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[event.name] += event.time_range.elapsed_us() / 1000 / reps
+    return dict(totals)
+
+
+def _short(name: str) -> str:
+    """Our kernels by their names; anything else (SDPA's flash kernels, copies) by a kind."""
+    if name.startswith("adasplash_"):
+        return name.removeprefix("adasplash_attention_")
+    return "sdpa" if "flash" in name or "fmha" in name else "other"
+
+
+def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int, seed: int) -> dict:
+    from kernels import attention_bwd, attention_fwd
+
+    q, k, v = inputs.attention_inputs(batch, heads, seq, head_dim, a, dtype=torch.bfloat16,
+                                      device="cuda", seed=seed)
+    dout = torch.randn_like(q)
+    out, tau, row_max, tile_max, stats = attention_fwd.attention_forward(
+        q, k, v, None, True, None, ALPHA, None, stats=True)
+    absolute_tau = tau + (ALPHA - 1) * row_max
+    sparsity = inputs.block_sparsity(q, k, causal=True, alpha=ALPHA, tau=absolute_tau)
+
+    def forward():
+        attention_fwd.attention_forward(q, k, v, None, True, None, ALPHA, None)
+
+    def backward():
+        attention_bwd.attention_backward(dout, q, k, v, tau, row_max, tile_max, None, True, None,
+                                         ALPHA)
+
+    def sdpa_fwd():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    times: dict[str, float] = defaultdict(float)
+    for part, fn in (("fwd", forward), ("bwd", backward), ("sdpa_fwd", sdpa_fwd)):
+        for name, ms in _device_ms(fn, reps).items():
+            times[f"{part}:{_short(name)}"] += ms
+    return {
+        "a": a, "block_sparsity": sparsity["block_sparsity"],
+        "passes": stats[..., 0].mean().item(),
+        "live_fraction": (stats[..., 1].sum() / stats[..., 2].sum()).item(),
+        "ms": dict(sorted(times.items())),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq", type=int, default=16384)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES))
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("kernel_times needs a CUDA device (the profiler times device kernels)")
+    rows = [measure(args.seq, args.batch, args.heads, args.head_dim, a, args.reps, args.seed)
+            for a in args.scales]
+    names = sorted({name for row in rows for name in row["ms"]})
+    print(f"causal bf16 alpha {ALPHA}, B={args.batch} H={args.heads} N={args.seq} D={args.head_dim};"
+          " device ms per call")
+    print("| a | block sparsity | passes | live tiles | " + " | ".join(names) + " |")
+    print("|---" * (4 + len(names)) + "|")
+    for row in rows:
+        cells = [f"{row['a']:g}", f"{row['block_sparsity']:.3f}", f"{row['passes']:.2f}",
+                 f"{row['live_fraction']:.3f}"] + [f"{row['ms'].get(n, 0.0):.3f}" for n in names]
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "torch": torch.__version__,
+                       "card": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
