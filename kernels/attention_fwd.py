@@ -12,7 +12,9 @@ For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf
    such tiles, then visits only them, until the support count proves t = tau.
 3. ``adasplash_attention_out`` (sparse): visits the tiles live for tau:
    out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the
-   exact tau and absorbs rounding).
+   exact tau and absorbs rounding). A visited tile whose weights are all zero for a 64-row slice
+   gets -inf in the table, so that the backward visits only the tiles that hold some p > 0 (the
+   table's bound alone is loose: it mixes the rows of a slice and uses the running max).
 
 Tiles with every key in range and, if causal, before the block's first row (``_interior_tiles``)
 skip the range and causal checks: the dense sweep visits them apart, and the sparse passes, whose
@@ -228,22 +230,21 @@ def adasplash_attention_threshold(
 
 
 @triton.jit
-def _tile_output(acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m, offs_n,
+def _tile_output(acc, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m, offs_n,
                  offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
                  Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL: tl.constexpr,
                  MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr,
                  STATS: tl.constexpr, BOUNDS: tl.constexpr):
-    """One key tile into (acc += p v, l += sum p, support += #{p > 0})."""
+    """One key tile into acc += p v and support += #{p > 0}; returns them and the row sums of p."""
     x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
                        stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
                        MASK_KIND, PRECISION, BOUNDS)
     p = entmax_power(tl.maximum(x, 0.0), k, ALPHA_MODE)
-    l += tl.sum(p, 1)
     if STATS:
         support += tl.sum((p > 0).to(tl.float32), 1)
     v = load_tile(V + v_base, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV)
     acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return acc, l, support
+    return acc, support, tl.sum(p, 1)
 
 
 @triton.jit
@@ -299,11 +300,17 @@ def adasplash_attention_out(
     support = tl.zeros([BLOCK_M], tl.float32)
     for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
         for j in range(n_int if edge else 0, n_live if edge else n_int):
-            acc, l, support = _tile_output(
-                acc, l, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
-                tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
-                stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL,
-                MASK_KIND, PRECISION, ALPHA_MODE, STATS, edge == 1)
+            kt = tl.load(List + j)
+            acc, support, p_sum = _tile_output(
+                acc, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m, kt * 64 + offs_t,
+                offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
+                Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE,
+                STATS, edge == 1)
+            l += p_sum
+            # a slice whose weights are all zero on this tile: the table marks it dead for the
+            # backward, which visits only the tiles it finds live
+            dead = tl.sum(tl.reshape(p_sum, (R, 64)), 1) == 0
+            tl.store(tm_ptrs + kt, tl.full([R], float("-inf"), tl.float32), mask=dead & slice_ok)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),
              mask=(offs_m[:, None] < Nq) & (offs_dv[None, :] < DV))

@@ -337,8 +337,8 @@ def attention_forward(
     admissible key), tau (B, Hq, Nq) the threshold relative to it, p = [(alpha-1)(s - row_max) -
     tau]_+^(1/(alpha-1)) (+inf for empty rows). tile_max (B, Hq, ceil(Nq/TILE), ceil(Nk/TILE)) is
     max (s_ij - row_max_i) over each TILE x TILE tile (-inf where all excluded; the kernels may
-    store any upper bound of it): a tile holds a nonzero p only if tile_max > tau_i / (alpha - 1)
-    for one of its rows i.
+    store any upper bound of it, and -inf for a tile whose p are all zero): a tile holds a nonzero
+    p only if tile_max > tau_i / (alpha - 1) for one of its rows i.
     """
     P = _Problem(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha)
     seed = _seed(dropout_p, dropout_seed)

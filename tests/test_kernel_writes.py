@@ -73,7 +73,7 @@ PROBE = textwrap.dedent("""
 EXPECTED = {
     "adasplash_attention_max": ["RowMax", "TileMax"],
     "adasplash_attention_threshold": ["List", "Tau"],
-    "adasplash_attention_out": ["List", "Out"],
+    "adasplash_attention_out": ["List", "Out", "TileMax"],
     "adasplash_attention_bwd_dq": ["DAlphaRow", "DQ", "Delta"],
     "adasplash_attention_bwd_dkdv": ["DK", "DVout"],
     "adasplash_entmax_fwd": ["P"],
