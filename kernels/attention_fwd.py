@@ -230,6 +230,11 @@ def adasplash_attention_threshold(
 
 
 @triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
 def _tile_output(acc, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m, offs_n,
                  offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
                  Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL: tl.constexpr,
@@ -298,19 +303,29 @@ def adasplash_attention_out(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     l = tl.zeros([BLOCK_M], tl.float32)
     support = tl.zeros([BLOCK_M], tl.float32)
+    # Bit j % 32 of a row's `held`: the row has some p > 0 on the j-th listed tile. Every 32
+    # tiles (one reduction across the rows, not one per tile) the listed tiles on which a whole
+    # 64-row slice has none get -inf in the table: the backward then skips them.
+    held = tl.zeros([BLOCK_M], tl.int32)
+    bit = tl.arange(0, 32)
     for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
         for j in range(n_int if edge else 0, n_live if edge else n_int):
-            kt = tl.load(List + j)
             acc, support, p_sum = _tile_output(
-                acc, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m, kt * 64 + offs_t,
-                offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
-                Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE,
-                STATS, edge == 1)
+                acc, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
+                tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
+                stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL,
+                MASK_KIND, PRECISION, ALPHA_MODE, STATS, edge == 1)
             l += p_sum
-            # a slice whose weights are all zero on this tile: the table marks it dead for the
-            # backward, which visits only the tiles it finds live
-            dead = tl.sum(tl.reshape(p_sum, (R, 64)), 1) == 0
-            tl.store(tm_ptrs + kt, tl.full([R], float("-inf"), tl.float32), mask=dead & slice_ok)
+            held |= tl.where(p_sum > 0, 1 << (j % 32), 0)
+            if (j % 32 == 31) | (j == n_live - 1):
+                seen = tl.reduce(tl.reshape(held, (R, 64)), 1, _bit_or)
+                listed = j - j % 32 + bit
+                kts = tl.load(List + listed, mask=listed <= j, other=0)
+                dead = ((seen[:, None] >> bit[None, :]) & 1) == 0
+                tl.store(tm_ptrs[:, None] + kts[None, :],
+                         tl.full([R, 32], float("-inf"), tl.float32),
+                         mask=dead & (listed <= j)[None, :] & slice_ok[:, None])
+                held = tl.zeros([BLOCK_M], tl.int32)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),
              mask=(offs_m[:, None] < Nq) & (offs_dv[None, :] < DV))

@@ -61,6 +61,7 @@ FORWARD_CASES = {
     "alpha 2.5": dict(alpha=2.5),
     "causal Nq < Nk, several blocks": dict(Nq=130, Nk=200, causal=True, scale=2.0),
     "causal Nq > Nk": dict(Nq=150, Nk=60, causal=True),
+    "over 32 live key tiles": dict(Nq=70, Nk=2200, scale=3.0),
     "bool mask": dict(mask="bool"),
     "float mask": dict(mask="float"),
     "dead rows": dict(mask="dead rows"),
