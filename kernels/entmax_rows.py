@@ -1,8 +1,7 @@
 """Standalone alpha-entmax over the rows of a 2-D tensor: forward and backward kernels.
 
-Forward: z = (alpha - 1)(x - max x) (max 0, so huge |x| keep their precision); t starts at a
-lower bound of tau (``histogram_start`` for rows on chip, within two bins of tau; -1 for streamed
-rows: the max alone gives p = 1 there) and ``threshold_step`` iterates to tau (see
+Forward: z = (alpha - 1)(x - max x) (max 0, so huge |x| keep their precision); t starts at -1 (a
+lower bound of tau: the max alone gives p = 1 there) and ``threshold_step`` iterates to tau (see
 ``threshold.py``); p = [z - tau]_+^(1/(alpha-1)).
 A row of up to ``MAX_ON_CHIP`` elements is read once and written once; longer rows are streamed in
 chunks, one read per pass.
@@ -19,13 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .threshold import (entmax_power, histogram_start, threshold_stats, threshold_step,
-                        threshold_terms)
+from .threshold import entmax_power, threshold_stats, threshold_step, threshold_terms
 
 MAX_ON_CHIP = 16384
 STREAM_BLOCK = 4096  # chunk of a streamed row
 MAX_STEPS = 32
-HIST_BINS = 8  # bins of the first trial's histogram (rows on chip)
 ROW_ELEMENTS = 1024
 ROW_WARPS = None  # None: by block size, from _WARPS
 # Warps per program by elements per program: the fastest of 2, 4, 8, 16 on an H100 (fp32 and
@@ -53,7 +50,6 @@ def adasplash_entmax_fwd(
     X, P, Alpha, stride_x, stride_p, R, N, alpha,
     ALPHA_MODE: tl.constexpr, PER_ROW_ALPHA: tl.constexpr, ROWS: tl.constexpr,
     BLOCK: tl.constexpr, ON_CHIP: tl.constexpr, MAX_STEPS: tl.constexpr,
-    HIST_BINS: tl.constexpr,
 ):
     alpha = tl.cast(alpha, tl.float32)  # callers may pass float64 scalars (Inductor does)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -79,10 +75,7 @@ def adasplash_entmax_fwd(
     if ON_CHIP:
         z = am1[:, None] * (x - xmax[:, None])
 
-    if ON_CHIP:
-        t = tl.where(empty, float("inf"), histogram_start(z, k, ALPHA_MODE, HIST_BINS))
-    else:
-        t = tl.where(empty, float("inf"), -1.0)
+    t = tl.where(empty, float("inf"), -1.0)
     lo = t
     hi = tl.where(empty, float("inf"), 0.0)
     prev = tl.full([ROWS], -1.0, tl.float32)
@@ -242,7 +235,7 @@ def entmax_forward(x: torch.Tensor, alpha: float, row_alpha=None, launch=_identi
     launch(adasplash_entmax_fwd)[(triton.cdiv(R, rows),)](
         x, p, row_alpha if per_row else x, x.stride(0), p.stride(0), R, N, float(alpha),
         ALPHA_MODE=alpha_mode(alpha, per_row), PER_ROW_ALPHA=per_row, ROWS=rows, BLOCK=block,
-        ON_CHIP=on_chip, MAX_STEPS=MAX_STEPS, HIST_BINS=HIST_BINS, num_warps=num_warps,
+        ON_CHIP=on_chip, MAX_STEPS=MAX_STEPS, num_warps=num_warps,
     )
     return p
 

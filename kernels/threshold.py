@@ -53,53 +53,6 @@ def threshold_stats(d, ALPHA_MODE: tl.constexpr, k):
 
 
 @triton.jit
-def histogram_start(z, k, ALPHA_MODE: tl.constexpr, BINS: tl.constexpr):
-    """Per row of z (2-D, max 0), a first trial t0 <= tau from a histogram of z over (-1, 0].
-
-    Bin i holds the entries with z in (-(i+1)/BINS, -i/BINS]. The counts are 16-bit fields of
-    int64 words, four bins a word: one reduction a word (a row on chip has under 2^16 entries).
-    With every member moved down to its bin's lower edge e_i = -(i+1)/BINS,
-    f_low(t) = sum_i c_i [e_i - t]_+^k - 1 <= f(t), so its root is <= tau.
-    - alpha = 1.5 and 2: over bins 0..i, f_low is the closed form of ``threshold_step``; the
-      root is the one that lies in [e_(i+1), e_i] (exactly one i qualifies).
-    - any other alpha: t0 is the highest lower edge where f_low >= 0.
-    -1 (always <= tau) where no bin qualifies. k: one value per row.
-    """
-    b = tl.minimum(-z * BINS, BINS).to(tl.int32)  # BINS: z <= -1, or excluded
-    i = tl.arange(0, BINS)[None, :]
-    counts = tl.zeros([z.shape[0], BINS], tl.float32)
-    for w in tl.static_range(BINS // 4):
-        mine = (b >= 4 * w) & (b < 4 * w + 4)
-        one = tl.full(b.shape, 1, tl.int64) << (16 * (b % 4)).to(tl.int64)
-        word = tl.sum(tl.where(mine, one, 0), 1)
-        part = (word[:, None] >> (16 * (i % 4)).to(tl.int64)) & 0xFFFF
-        counts = tl.where(i // 4 == w, part.to(tl.float32), counts)
-    edge = -(i + 1).to(tl.float32) / BINS
-    if ALPHA_MODE == 0:
-        # f_low at the edge e_(i+1): sum over the bins j <= i of c_j ((i + 1 - j) / BINS)^k
-        j = tl.arange(0, BINS)[None, None, :]
-        gap = (i[:, :, None] + 1 - j).to(tl.float32) / BINS
-        terms = tl.where(j <= i[:, :, None],
-                         tl.exp2(k[:, None, None] * tl.log2(tl.maximum(gap, 1e-30))), 0.0)
-        f_low = tl.sum(counts[:, None, :] * terms, 2)
-        t0 = tl.max(tl.where(f_low >= 1.0, edge - 1.0 / BINS, -1.0), 1)
-    else:
-        n = tl.cumsum(counts, 1)
-        s1 = tl.cumsum(counts * edge, 1)  # the closed forms of threshold_step from t = 0
-        if ALPHA_MODE == 1:
-            s2 = tl.cumsum(counts * edge * edge, 1)
-            disc = s1 * s1 - n * (s2 - 1.0)
-            root = (s1 - tl.sqrt(tl.maximum(disc, 0.0))) / tl.maximum(n, 1.0)
-            ok = (n > 0) & (disc >= 0)
-        else:
-            root = (s1 - 1.0) / tl.maximum(n, 1.0)
-            ok = n > 0
-        ok = ok & (root >= edge - 1.0 / BINS) & (root <= edge)
-        t0 = tl.max(tl.where(ok, root, -1.0), 1)
-    return tl.maximum(t0, -1.0)
-
-
-@triton.jit
 def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
     """One update from the stats at t: returns (t, lo, hi, prev, converged) per row.
 

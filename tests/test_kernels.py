@@ -13,10 +13,8 @@ import math
 import entmax as entmax_pkg
 import pytest
 import torch
-import triton
-import triton.language as tl
 
-from kernels import attention_bwd, attention_fwd, entmax_rows, threshold
+from kernels import attention_bwd, attention_fwd, entmax_rows
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 F64 = torch.float64
@@ -223,34 +221,6 @@ def test_entmax_rows(oracle, n, alpha):
     (expected,) = torch.autograd.grad(ref, xs, g[[0, 4, 5]].double())
     torch.testing.assert_close(dx[[0, 4, 5]].double(), expected, rtol=1e-4, atol=1e-5)
     assert (dx[2] == 0).all()
-
-
-@triton.jit
-def _histogram_start_rows(Z, K, T0, N, ALPHA_MODE: tl.constexpr, BINS: tl.constexpr,
-                          BLOCK: tl.constexpr):
-    row = tl.program_id(0) + tl.arange(0, 1)
-    offs = tl.arange(0, BLOCK)[None, :]
-    z = tl.load(Z + row[:, None] * N + offs, mask=offs < N, other=float("-inf"))
-    tl.store(T0 + row, threshold.histogram_start(z, tl.load(K + row), ALPHA_MODE, BINS))
-
-
-@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.3, 1.8])
-def test_histogram_start_brackets_tau(oracle, alpha):
-    """The histogram's first trial is a lower bound of tau within two bins of it (the iteration
-    relies on the bound; the speed on the distance), on rows of several spreads and lengths."""
-    bins, n = entmax_rows.HIST_BINS, 1000
-    x = torch.randn(12, n, device=DEV) * torch.linspace(0.3, 6.0, 12, device=DEV)[:, None]
-    x[0, 5:] = -math.inf  # a short row: tau near -1
-    z = (alpha - 1) * (x - x.amax(-1, keepdim=True))
-    p = oracle.entmax(x, alpha)
-    tau = -(p.amax(-1) ** (alpha - 1))  # at the max entry, z = 0 = tau + p^(alpha - 1)
-    t0 = torch.empty(12, device=DEV)
-    k = torch.full((12,), 1 / (alpha - 1), device=DEV)
-    _histogram_start_rows[(12,)](z.contiguous(), k, t0, n, ALPHA_MODE=entmax_rows.alpha_mode(alpha, False),
-                                 BINS=bins, BLOCK=triton.next_power_of_2(n))
-    t0 = t0.double()
-    assert (t0 <= tau + 1e-6).all(), (t0, tau)
-    assert (t0 >= tau - 2 / bins).all(), (t0, tau)
 
 
 @pytest.mark.parametrize("on_chip", [True, False])
