@@ -97,8 +97,8 @@ def adasplash_attention_bwd_dq(
     KList += block * n_blocks_n
 
     # pass 1: delta = sum u dP / sum u (and the sums of dalpha)
-    su = tl.zeros([BLOCK_M], tl.float32)
-    sudp = tl.zeros([BLOCK_M], tl.float32)
+    su = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    sudp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     spdp = tl.zeros([BLOCK_M], tl.float32)
     splogpdp = tl.zeros([BLOCK_M], tl.float32)
     ent = tl.zeros([BLOCK_M], tl.float32)
@@ -110,13 +110,15 @@ def adasplash_attention_bwd_dq(
         p, u = _p_and_u(x, k, ALPHA_MODE)
         vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
         dp = tl.dot(do, vt, input_precision=PRECISION)
-        su += tl.sum(u, 1)
-        sudp += tl.sum(u * dp, 1)
+        su += u
+        sudp += u * dp
         if NEED_DALPHA:
             plogp = tl.where(p > 0, p * tl.log(tl.maximum(p, 1e-30)), 0.0)
             spdp += tl.sum(p * dp, 1)
             splogpdp += tl.sum(plogp * dp, 1)
             ent += tl.sum(plogp, 1)
+    su = tl.sum(su, 1)
+    sudp = tl.sum(sudp, 1)
     delta = sudp / tl.where(su > 0, su, 1.0)
     tl.store(Delta + rows, delta, mask=offs_m < Nq)
     if NEED_DALPHA:

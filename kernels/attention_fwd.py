@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .entmax_rows import alpha_mode
-from .threshold import entmax_power, threshold_stats, threshold_step
+from .threshold import entmax_power, threshold_terms, threshold_step
 from .tiles import load_tile, score_tile, shifted_scores
 
 TILE = 64
@@ -149,11 +149,11 @@ def _tile_threshold_stats(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d,
                           stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, k,
                           IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
                           PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr):
-    """Per-row (count, s1, s2) of one key tile at the trial t (``threshold_stats``)."""
+    """Per-entry terms of (count, s1, s2) of one key tile at the trial t (``threshold_terms``)."""
     x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
                        stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
                        MASK_KIND, PRECISION, BOUNDS)
-    return threshold_stats(tl.maximum(x, 0.0), ALPHA_MODE, k)
+    return threshold_terms(tl.maximum(x, 0.0), ALPHA_MODE, k)
 
 
 @triton.jit
@@ -207,9 +207,9 @@ def adasplash_attention_threshold(
         # converged rows keep their t and no longer need their tiles
         thr = _slice_threshold(tl.where(done, float("inf"), t), am1, R)
         n_live, n_int = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, LIST_CHUNK)
-        count = tl.zeros([BLOCK_M], tl.float32)
-        s1 = tl.zeros([BLOCK_M], tl.float32)
-        s2 = tl.zeros([BLOCK_M], tl.float32)
+        count = tl.zeros([BLOCK_M, 64], tl.float32)
+        s1 = tl.zeros([BLOCK_M, 64], tl.float32)
+        s2 = tl.zeros([BLOCK_M, 64], tl.float32)
         for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
             for j in range(n_int if edge else 0, n_live if edge else n_int):
                 c0, c1, c2 = _tile_threshold_stats(
@@ -219,8 +219,8 @@ def adasplash_attention_threshold(
                 count += c0
                 s1 += c1
                 s2 += c2
-        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, prev, k,
-                                                         ALPHA_MODE)
+        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, tl.sum(count, 1), tl.sum(s1, 1),
+                                                         tl.sum(s2, 1), prev, k, ALPHA_MODE)
         t = tl.where(done, t, t_next)
         done = done | converged
         step += 1
