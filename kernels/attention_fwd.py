@@ -235,21 +235,17 @@ def _bit_or(a, b):
 
 
 @triton.jit
-def _tile_output(acc, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m, offs_n,
-                 offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
-                 Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL: tl.constexpr,
-                 MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr,
-                 STATS: tl.constexpr, BOUNDS: tl.constexpr):
-    """One key tile into acc += p v and support += #{p > 0}; returns them and the row sums of p."""
+def _tile_output(acc, q, K, V, Mask, k_base, v_base, mask_base, offs_m, offs_n, offs_d, offs_dv,
+                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV,
+                 scale, am1, m, t, k, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+                 PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr):
+    """One key tile into acc += p v; returns acc and the tile's p."""
     x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
                        stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
                        MASK_KIND, PRECISION, BOUNDS)
     p = entmax_power(tl.maximum(x, 0.0), k, ALPHA_MODE)
-    if STATS:
-        support += tl.sum((p > 0).to(tl.float32), 1)
     v = load_tile(V + v_base, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV)
-    acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return acc, support, tl.sum(p, 1)
+    return acc + tl.dot(p.to(v.dtype), v, input_precision=PRECISION), p
 
 
 @triton.jit
@@ -300,32 +296,36 @@ def adasplash_attention_out(
     n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
     n_live, n_int = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, _slice_threshold(t, am1, R),
                                LIST_CHUNK)
+    # Per entry, accumulated across the tiles (a row reduction per tile costs more): l, the
+    # support size and `held`, whose bit j % 32 says p > 0 on the j-th listed tile. Every 32
+    # tiles the listed tiles on which a whole 64-row slice has no p > 0 get -inf in the table:
+    # the backward then skips them.
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
-    l = tl.zeros([BLOCK_M], tl.float32)
-    support = tl.zeros([BLOCK_M], tl.float32)
-    # Bit j % 32 of a row's `held`: the row has some p > 0 on the j-th listed tile. Every 32
-    # tiles (one reduction across the rows, not one per tile) the listed tiles on which a whole
-    # 64-row slice has none get -inf in the table: the backward then skips them.
-    held = tl.zeros([BLOCK_M], tl.int32)
+    l = tl.zeros([BLOCK_M, 64], tl.float32)
+    support = tl.zeros([BLOCK_M, 64], tl.float32)
+    held = tl.zeros([BLOCK_M, 64], tl.int32)
     bit = tl.arange(0, 32)
     for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
         for j in range(n_int if edge else 0, n_live if edge else n_int):
-            acc, support, p_sum = _tile_output(
-                acc, support, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
+            acc, p = _tile_output(
+                acc, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
                 tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
                 stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL,
-                MASK_KIND, PRECISION, ALPHA_MODE, STATS, edge == 1)
-            l += p_sum
-            held |= tl.where(p_sum > 0, 1 << (j % 32), 0)
+                MASK_KIND, PRECISION, ALPHA_MODE, edge == 1)
+            l += p
+            if STATS:
+                support += (p > 0).to(tl.float32)
+            held |= tl.where(p > 0, 1 << (j % 32), 0)
             if (j % 32 == 31) | (j == n_live - 1):
-                seen = tl.reduce(tl.reshape(held, (R, 64)), 1, _bit_or)
+                seen = tl.reduce(tl.reshape(tl.reduce(held, 1, _bit_or), (R, 64)), 1, _bit_or)
                 listed = j - j % 32 + bit
                 kts = tl.load(List + listed, mask=listed <= j, other=0)
                 dead = ((seen[:, None] >> bit[None, :]) & 1) == 0
                 tl.store(tm_ptrs[:, None] + kts[None, :],
                          tl.full([R, 32], float("-inf"), tl.float32),
                          mask=dead & (listed <= j)[None, :] & slice_ok[:, None])
-                held = tl.zeros([BLOCK_M], tl.int32)
+                held = tl.zeros([BLOCK_M, 64], tl.int32)
+    l = tl.sum(l, 1)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),
              mask=(offs_m[:, None] < Nq) & (offs_dv[None, :] < DV))
@@ -334,7 +334,7 @@ def adasplash_attention_out(
         # and the support size summed over its rows
         i = tl.arange(0, 4)
         values = tl.where(i == 1, n_live.to(tl.float32),
-                          tl.where(i == 2, n_kt.to(tl.float32), tl.sum(support, 0)))
+                          tl.where(i == 2, n_kt.to(tl.float32), tl.sum(tl.sum(support, 1), 0)))
         tl.store(Stats + (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * 4 + i, values, mask=i > 0)
 
 
