@@ -32,7 +32,9 @@ def attention_stats(q, k, v, attn_mask=None, is_causal=False, scale=None, alpha=
             passes = per_block[..., 0].float().mean().item()
         else:
             _, tau, row_max, tile_max = reference.attention_forward(*args)
-        admissible = tile_max > float("-inf")
+        # the table itself cannot say which tiles are admissible: the kernels store -inf on
+        # admissible tiles found to hold no weight
+        admissible = _admissible_tiles(q, k, attn_mask, is_causal)
         live = live_blocks(tau, tile_max, alpha, head_alpha, TILE, TILE) & admissible
         support = reference.support_size(q, k, tau, row_max, attn_mask, is_causal, scale, alpha,
                                          head_alpha)
@@ -47,8 +49,8 @@ def attention_stats(q, k, v, attn_mask=None, is_causal=False, scale=None, alpha=
     }
 
 
-def _admissible_keys(q, k, attn_mask, is_causal) -> torch.Tensor:
-    """(B, Hq, Nq) count of keys not excluded by the mask or causality."""
+def _keep(q, k, attn_mask, is_causal) -> torch.Tensor:
+    """(B, Hq, Nq, Nk) bool, possibly expanded: keys not excluded by the mask or causality."""
     B, Hq, Nq, _ = q.shape
     Nk = k.shape[2]
     keep = torch.ones(Nq, Nk, dtype=torch.bool, device=q.device)
@@ -57,4 +59,16 @@ def _admissible_keys(q, k, attn_mask, is_causal) -> torch.Tensor:
     if attn_mask is not None:
         excluded = ~attn_mask if attn_mask.dtype == torch.bool else torch.isneginf(attn_mask)
         keep = keep & ~excluded
-    return keep.expand(B, Hq, Nq, Nk).sum(-1)
+    return keep.expand(B, Hq, Nq, Nk)
+
+
+def _admissible_keys(q, k, attn_mask, is_causal) -> torch.Tensor:
+    """(B, Hq, Nq) count of keys not excluded by the mask or causality."""
+    return _keep(q, k, attn_mask, is_causal).sum(-1)
+
+
+def _admissible_tiles(q, k, attn_mask, is_causal) -> torch.Tensor:
+    """(B, Hq, ceil(Nq/TILE), ceil(Nk/TILE)) bool: tiles with some admissible entry."""
+    keep = _keep(q, k, attn_mask, is_causal)
+    keep = torch.nn.functional.pad(keep, (0, -keep.shape[-1] % TILE, 0, -keep.shape[-2] % TILE))
+    return keep.unflatten(-1, (-1, TILE)).unflatten(-3, (-1, TILE)).any(-1).any(-2)

@@ -37,6 +37,23 @@ def test_attention_stats_counts(oracle, is_causal, masked):
     assert stats["threshold_passes"] is None or stats["threshold_passes"] >= 1
 
 
+def test_attention_stats_through_the_kernels(oracle, monkeypatch):
+    """On the kernels' path (the interpreter without a GPU) the table holds -inf on admissible
+    tiles found to hold no weight: the admissible tiles come from the mask, and the visited share
+    is exact on these small shapes (every tile is visited once the threshold is known)."""
+    from lowering import routing
+
+    monkeypatch.setattr(routing, "use_triton_attention", lambda *args: True)
+    B, H, N, D = 1, 2, 200, 16
+    q, k, v = (torch.randn(B, H, N, D) * 2 for _ in range(3))
+    stats = ac.attention_stats(q, k, v, is_causal=True, alpha=1.5)
+    s = oracle.scores(q.double(), k.double(), None, True)
+    admissible = _tiles_any(torch.isfinite(s))
+    exact_live = (_tiles_any(oracle.entmax(s, 1.5) > 0) & admissible).sum() / admissible.sum()
+    assert stats["live_tile_fraction"] == pytest.approx(exact_live.item(), abs=1e-6)
+    assert stats["threshold_passes"] >= 1
+
+
 def test_attention_stats_rejects_bad_input():
     q = torch.randn(1, 2, 8, 4)
     with pytest.raises(ValueError, match="alpha"):
