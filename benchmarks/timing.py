@@ -62,9 +62,11 @@ def attempt(measure: Callable[[], dict]) -> dict:
 
 
 def _git_commit() -> Optional[str]:
+    """The checkout's commit, with "-dirty" when the files differ from it (a copied tree can
+    carry an older .git: then the commit alone would be wrong)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True)
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=5, check=True)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
