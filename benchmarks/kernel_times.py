@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import inputs
+from .timing import environment
 
 ALPHA = 1.5
 # the input scales the quick benchmark calibrated for block sparsity 0, .5, .75, .9, .95 at N = 16k
@@ -101,7 +102,7 @@ def main(argv=None) -> None:
     names = sorted({name for row in rows for name in row["ms"]})
     print(f"causal bf16 alpha {ALPHA}, B={args.batch} H={args.heads} N={args.seq} D={args.head_dim};"
           " device ms per call")
-    print("| a | block sparsity | passes | live tiles | " + " | ".join(names) + " |")
+    print("| a | block sparsity | passes | output-pass tiles | " + " | ".join(names) + " |")
     print("|---" * (4 + len(names)) + "|")
     for row in rows:
         cells = [f"{row['a']:g}", f"{row['block_sparsity']:.3f}", f"{row['passes']:.2f}",
@@ -109,8 +110,8 @@ def main(argv=None) -> None:
         print("| " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "torch": torch.__version__,
-                       "card": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+            json.dump({"args": vars(args), "env": environment(torch.device("cuda")), "rows": rows},
+                      f, indent=1)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,8 @@ def markdown(data: dict) -> str:
         lines += ["Inputs: q, k = rope(a c + noise), a calibrated per target (see the JSON); block "
                   "sparsity measured exactly over all 64x64 tiles. Peak memory: max_memory_allocated "
                   "delta of one call. Threshold passes: mean per query block (CUDA kernels only); "
-                  "live tiles: the fraction of admissible tiles the output pass and the backward visit.",
+                  "live tiles: the fraction of admissible tiles the backward visits (the output "
+                  "pass marks in the table the tiles it finds without weight).",
                   ""]
     if data["entmax"]:
         lines += entmax_table(data) + ["", "copy = one read + one write of the tensor (memory floor).", ""]
