@@ -50,25 +50,25 @@ def attention_stats(q, k, v, attn_mask=None, is_causal=False, scale=None, alpha=
 
 
 def _keep(q, k, attn_mask, is_causal) -> torch.Tensor:
-    """(B, Hq, Nq, Nk) bool, possibly expanded: keys not excluded by the mask or causality."""
-    B, Hq, Nq, _ = q.shape
-    Nk = k.shape[2]
-    keep = torch.ones(Nq, Nk, dtype=torch.bool, device=q.device)
+    """Keys not excluded by the mask or causality: bool, (Nq, Nk) or the mask's broadcast shape
+    (not expanded over batch and heads)."""
+    keep = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device)
     if is_causal:
         keep = keep.tril()
     if attn_mask is not None:
         excluded = ~attn_mask if attn_mask.dtype == torch.bool else torch.isneginf(attn_mask)
         keep = keep & ~excluded
-    return keep.expand(B, Hq, Nq, Nk)
+    return keep
 
 
 def _admissible_keys(q, k, attn_mask, is_causal) -> torch.Tensor:
     """(B, Hq, Nq) count of keys not excluded by the mask or causality."""
-    return _keep(q, k, attn_mask, is_causal).sum(-1)
+    return _keep(q, k, attn_mask, is_causal).sum(-1).expand(q.shape[:3])
 
 
 def _admissible_tiles(q, k, attn_mask, is_causal) -> torch.Tensor:
     """(B, Hq, ceil(Nq/TILE), ceil(Nk/TILE)) bool: tiles with some admissible entry."""
     keep = _keep(q, k, attn_mask, is_causal)
     keep = torch.nn.functional.pad(keep, (0, -keep.shape[-1] % TILE, 0, -keep.shape[-2] % TILE))
-    return keep.unflatten(-1, (-1, TILE)).unflatten(-3, (-1, TILE)).any(-1).any(-2)
+    tiles = keep.unflatten(-1, (-1, TILE)).unflatten(-3, (-1, TILE)).any(-1).any(-2)
+    return tiles.expand(*q.shape[:2], *tiles.shape[-2:])
