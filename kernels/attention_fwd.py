@@ -120,21 +120,25 @@ def adasplash_attention_max(
 @triton.jit
 def _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, CHUNK: tl.constexpr):
     """Write to List, in ascending order, the key tiles whose table entry reaches thr for some
-    64-row slice; return how many, and how many of them are below n_free (the interior ones,
-    first in the list). The same program reads the list back after the barrier."""
+    64-row slice; return how many, how many of them are below n_free (the interior ones, first in
+    the list), and per slice the largest entry of the tiles left out (every s - m the pass does not
+    see is at most that). The same program reads the list back after the barrier."""
     n_live = tl.full([], 0, tl.int32)
     n_int = tl.full([], 0, tl.int32)
+    unseen = tl.full(thr.shape, float("-inf"), tl.float32)
     for c in range(0, n_kt, CHUNK):
         kt = c + tl.arange(0, CHUNK)
         tmax = tl.load(tm_ptrs[:, None] + kt[None, :], mask=slice_ok[:, None] & (kt[None, :] < n_kt),
                        other=float("-inf"))
-        live = (tl.max((tmax >= thr[:, None]).to(tl.int32), 0) > 0) & (kt < n_kt)
+        reach = tmax >= thr[:, None]
+        live = (tl.max(reach.to(tl.int32), 0) > 0) & (kt < n_kt)
+        unseen = tl.maximum(unseen, tl.max(tl.where(live[None, :], float("-inf"), tmax), 1))
         pos = n_live + tl.cumsum(live.to(tl.int32), 0) - 1
         tl.store(List + pos, kt, mask=live)
         n_live += tl.sum(live.to(tl.int32), 0)
         n_int += tl.sum((live & (kt < n_free)).to(tl.int32), 0)
     tl.debug_barrier()
-    return n_live, n_int
+    return n_live, n_int, unseen
 
 
 @triton.jit
@@ -149,11 +153,11 @@ def _tile_threshold_stats(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d,
                           stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, k,
                           IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
                           PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr):
-    """Per-entry terms of (count, s1, s2) of one key tile at the trial t (``threshold_terms``)."""
+    """Per-entry terms of (count, s1, s2, gap) of one key tile at the trial t (``threshold_terms``)."""
     x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
                        stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
                        MASK_KIND, PRECISION, BOUNDS)
-    return threshold_terms(tl.maximum(x, 0.0), ALPHA_MODE, k)
+    return threshold_terms(x, ALPHA_MODE, k)
 
 
 @triton.jit
@@ -206,21 +210,26 @@ def adasplash_attention_threshold(
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
         # converged rows keep their t and no longer need their tiles
         thr = _slice_threshold(tl.where(done, float("inf"), t), am1, R)
-        n_live, n_int = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, LIST_CHUNK)
+        n_live, n_int, unseen = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, LIST_CHUNK)
         count = tl.zeros([BLOCK_M, 64], tl.float32)
         s1 = tl.zeros([BLOCK_M, 64], tl.float32)
         s2 = tl.zeros([BLOCK_M, 64], tl.float32)
+        gap = tl.full([BLOCK_M, 64], float("inf"), tl.float32)
         for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
             for j in range(n_int if edge else 0, n_live if edge else n_int):
-                c0, c1, c2 = _tile_threshold_stats(
+                c0, c1, c2, c3 = _tile_threshold_stats(
                     q, K, Mask, k_base, mask_base, offs_m, tl.load(List + j) * 64 + offs_t,
                     offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1,
                     m, t, k, IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, edge == 1)
                 count += c0
                 s1 += c1
                 s2 += c2
+                gap = tl.minimum(gap, c3)
+        # no z the pass left out lies above am1 * unseen, so t may move down to there only
+        unseen = tl.reshape(tl.broadcast_to(unseen[:, None], (R, 64)), (BLOCK_M,))
+        gap = tl.minimum(tl.min(gap, 1), t - am1 * unseen)
         t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, tl.sum(count, 1), tl.sum(s1, 1),
-                                                         tl.sum(s2, 1), prev, k, ALPHA_MODE)
+                                                         tl.sum(s2, 1), gap, prev, k, ALPHA_MODE)
         t = tl.where(done, t, t_next)
         done = done | converged
         step += 1
@@ -294,8 +303,8 @@ def adasplash_attention_out(
     t = tl.load(Tau + rows, mask=offs_m < Nq, other=float("inf"))
 
     n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
-    n_live, n_int = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, _slice_threshold(t, am1, R),
-                               LIST_CHUNK)
+    n_live, n_int, _ = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free,
+                                  _slice_threshold(t, am1, R), LIST_CHUNK)
     # Per entry, accumulated across the tiles (a row reduction per tile costs more): l, the
     # support size and `held`, whose bit j % 32 says p > 0 on the j-th listed tile. Every 32
     # tiles the listed tiles on which a whole 64-row slice has no p > 0 get -inf in the table:

@@ -83,19 +83,21 @@ def adasplash_entmax_fwd(
     step = 0
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
         if ON_CHIP:
-            count, s1, s2 = threshold_stats(tl.maximum(z - t[:, None], 0.0), ALPHA_MODE, k[:, None])
+            count, s1, s2, gap = threshold_stats(z - t[:, None], ALPHA_MODE, k[:, None])
         else:
             a0 = tl.zeros([ROWS, BLOCK], tl.float32)
             a1 = tl.zeros([ROWS, BLOCK], tl.float32)
             a2 = tl.zeros([ROWS, BLOCK], tl.float32)
+            a3 = tl.full([ROWS, BLOCK], float("inf"), tl.float32)
             for c in range(0, N, BLOCK):
                 zc = am1[:, None] * (_load_rows(x_rows + c, offs, N - c, row_ok, ninf) - xmax[:, None])
-                c0, c1, c2 = threshold_terms(tl.maximum(zc - t[:, None], 0.0), ALPHA_MODE, k[:, None])
+                c0, c1, c2, c3 = threshold_terms(zc - t[:, None], ALPHA_MODE, k[:, None])
                 a0 += c0
                 a1 += c1
                 a2 += c2
-            count, s1, s2 = tl.sum(a0, 1), tl.sum(a1, 1), tl.sum(a2, 1)
-        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, prev, k,
+                a3 = tl.minimum(a3, c3)
+            count, s1, s2, gap = tl.sum(a0, 1), tl.sum(a1, 1), tl.sum(a2, 1), tl.min(a3, 1)
+        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, gap, prev, k,
                                                          ALPHA_MODE)
         t = tl.where(done, t, t_next)
         done = done | converged

@@ -5,13 +5,15 @@ decreasing in t and tau is its root. One pass at a trial t accumulates per row
 
     count = #{d > 0},  s1, s2 = sum d, sum d^2           (alpha = 1.5 and 2: closed forms)
     s1, s2 = sum d^(k-1), sum d^k                       (any other alpha: a Newton step)
+    gap = min_j |z_j - t|                               (how far t may move with no z crossing it)
 
 and ``threshold_step`` turns them into the next trial. For alpha = 1.5 the next t solves
 sum_{d>0} (d - delta)^2 = 1 on the support at t; for alpha = 2, sum_{d>0} (d - delta) = 1. Such a
-step is exact as soon as the support stops changing, so "same count as after the last closed-form
-step" proves t = tau (it may over- or undershoot before that), as does a vanishing step (then
-f(t) = 0 on the support at t). Work relative to the row max, so that |t| <= 1. The stats at t need only the entries
-with z > t, so a pass may skip every tile whose maximum is <= t, whatever t is.
+step is exact when the support at t + delta is the support at t, which the pass proves in two
+ways: the step is shorter than gap (no z lies between t and t + delta), or the next pass finds the
+same count (it may over- or undershoot before that). Work relative to the row max, so that
+|t| <= 1. The stats at t need only the entries with z > t, so a pass may skip every tile whose
+maximum is <= t, whatever t is; gap is then cut at t minus the largest z it skipped.
 
 ALPHA_MODE: 1 -> alpha = 1.5, 2 -> alpha = 2, 0 -> any other alpha (Newton kept inside a bracket).
 """
@@ -32,38 +34,44 @@ def entmax_power(d, k, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
-def threshold_terms(d, ALPHA_MODE: tl.constexpr, k):
-    """Elementwise terms of (count, s1, s2) for d = [z - t]_+ (see the module docstring).
-    k broadcasts against d (a scalar, or one value per row as a column)."""
+def threshold_terms(x, ALPHA_MODE: tl.constexpr, k):
+    """Elementwise terms of (count, s1, s2, gap) at x = z - t (see the module docstring); the row
+    sums of the first three and the row min of the last make the stats. k broadcasts against x
+    (a scalar, or one value per row as a column)."""
+    d = tl.maximum(x, 0.0)
     live = d > 0
     if ALPHA_MODE == 1:
-        return live.to(tl.float32), d, d * d
+        return live.to(tl.float32), d, d * d, tl.abs(x)
     elif ALPHA_MODE == 2:
-        return live.to(tl.float32), d, live.to(tl.float32)
+        return live.to(tl.float32), d, live.to(tl.float32), tl.abs(x)
     else:
         pk = entmax_power(d, k, ALPHA_MODE)
-        return live.to(tl.float32), tl.where(live, pk / tl.maximum(d, 1e-30), 0.0), pk
+        return live.to(tl.float32), tl.where(live, pk / tl.maximum(d, 1e-30), 0.0), pk, tl.abs(x)
 
 
 @triton.jit
-def threshold_stats(d, ALPHA_MODE: tl.constexpr, k):
-    """Per-row (count, s1, s2) of a 2-D tile of d: the row sums of ``threshold_terms``."""
-    c0, c1, c2 = threshold_terms(d, ALPHA_MODE, k)
-    return tl.sum(c0, 1), tl.sum(c1, 1), tl.sum(c2, 1)
+def threshold_stats(x, ALPHA_MODE: tl.constexpr, k):
+    """Per-row (count, s1, s2, gap) of a 2-D tile of x = z - t."""
+    c0, c1, c2, c3 = threshold_terms(x, ALPHA_MODE, k)
+    return tl.sum(c0, 1), tl.sum(c1, 1), tl.sum(c2, 1), tl.min(c3, 1)
 
 
 @triton.jit
-def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
+def threshold_step(t, lo, hi, count, s1, s2, gap, prev, k, ALPHA_MODE: tl.constexpr):
     """One update from the stats at t: returns (t, lo, hi, prev, converged) per row.
 
     ``prev`` carries the support count of the last pass when that pass took an exact closed-form
-    step (else -1): an unchanged count then proves the current t is tau. For alpha = 1.5 the
-    closed form needs s1^2 >= n (s2 - 1); otherwise (too wide a support) a Newton step on
-    g(t) = (sum d^2)^(1/2) - 1 (below), safe from the left, is taken instead. Any other alpha: a Newton step on
-    g(t) = (sum d^k)^(1/k) - 1, nearly linear in t and convex for alpha <= 2 (a k-norm), so it
-    converges from the left in a few steps: delta = (F - F^(2 - alpha)) / sum d^(k-1), F = sum d^k.
-    It is kept inside the bracket [lo, hi] (f(lo) >= 0 >= f(hi)), bisecting when it would leave
-    it, and ends when the step is below 1e-6.
+    step (else -1): an unchanged count then proves the current t is tau; so does a closed-form step
+    shorter than ``gap``, which then ends at tau. For alpha = 1.5 the closed form needs
+    s1^2 >= n (s2 - 1), that is F = s2 > 1 and t < tau. Otherwise (too wide a support) the step
+    solves F(t + delta) = 1 for a model F = C (a - t)^g fit to F, F' = -2 s1 and F'' = 2 n at t:
+    g = 1 / (1 - rho), rho = n s2 / (2 s1^2) (>= 1/2), and F = C exp(-2 s1 t / s2) as rho -> 1.
+    g = 2 is Newton on sqrt(F), safe from the left; as g >= 2 the step is at least that long, and
+    it is cut at -1/sqrt(n) >= tau (sum (z - tau)^2 = 1 over at most n entries, each z <= 0).
+    Any other alpha: a Newton step on g(t) = (sum d^k)^(1/k) - 1, nearly linear in t and convex
+    for alpha <= 2 (a k-norm), so it converges from the left in a few steps:
+    delta = (F - F^(2 - alpha)) / sum d^(k-1), F = sum d^k. It is kept inside the bracket [lo, hi]
+    (f(lo) >= 0 >= f(hi)), bisecting when it would leave it, and ends when the step is below 1e-6.
     Rows with no admissible entry (count = 0, t = +inf) are done.
     """
     has = count > 0
@@ -71,15 +79,20 @@ def threshold_step(t, lo, hi, count, s1, s2, prev, k, ALPHA_MODE: tl.constexpr):
     if ALPHA_MODE == 1:
         disc = s1 * s1 - count * (s2 - 1.0)
         closed = disc >= 0
-        newton = (s2 - tl.sqrt(s2)) / tl.where(s1 > 0, s1, 1.0)
-        delta = tl.where(closed, (s1 - tl.sqrt(tl.maximum(disc, 0.0))) / safe, newton)
+        s1 = tl.where(s1 > 0, s1, 1.0)
+        rho = count * s2 / (2.0 * s1 * s1)
+        log_f = tl.log(tl.maximum(s2, 1.0))
+        g = 1.0 / tl.maximum(1.0 - rho, 1e-3)
+        model = tl.where(rho < 0.999, g * (1.0 - tl.exp(-log_f / g)), log_f) * s2 / (2.0 * s1)
+        delta = tl.where(closed, (s1 - tl.sqrt(tl.maximum(disc, 0.0))) / safe,
+                         tl.minimum(model, -1.0 / tl.sqrt(safe) - t))
         new_t = t + delta
-        done = (count == prev) | (tl.abs(delta) <= 1e-7)
+        done = (count == prev) | (tl.abs(delta) <= 1e-7) | (closed & (tl.abs(delta) < gap))
         prev = tl.where(closed, count, -1.0)
     elif ALPHA_MODE == 2:
         delta = (s1 - 1.0) / safe
         new_t = t + delta
-        done = (count == prev) | (tl.abs(delta) <= 1e-7)
+        done = (count == prev) | (tl.abs(delta) <= 1e-7) | (tl.abs(delta) < gap)
         prev = count
     else:
         f = s2 - 1.0
