@@ -8,8 +8,9 @@ p = d^k (k = 1 / (alpha - 1)), u = p^(2 - alpha) = d^(k - 1) on the support and 
     dalpha_i = (sum_j dP p - delta) / (alpha-1)^2 - (sum_j dP p log p - delta H) / (alpha-1),
     H = sum_j p log p  (summed over rows and batch into the per-head gradient).
 
-Only the (query block, key block) pairs that the forward's tile table marks live are visited:
-``live_blocks`` turns the table into per-block lists. ``adasplash_attention_bwd_dq`` (one
+Only the (query block, key tile) pairs that the forward's tile table marks live are visited:
+``live_lists`` lists them per query block and per key tile in two small kernels (``live_blocks``
+states the same rule in torch). ``adasplash_attention_bwd_dq`` (one
 program per query block) makes a first pass for delta (and dalpha), then one for dq;
 ``adasplash_attention_bwd_dkdv`` (one program per key block and query head) accumulates dk, dv.
 Every output element is written by one program: the results are bitwise reproducible. With
@@ -22,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import TILE, dot_precision, mask_4d
+from .attention_fwd import LIST_CHUNK, TILE, _live_list, dot_precision, mask_4d
 from .entmax_rows import alpha_mode
 from .tiles import load_tile, shift_scores, shifted_scores
 
@@ -216,21 +217,89 @@ def live_blocks(tau, tile_max, alpha, head_alpha, block_m: int, block_n: int) ->
     return live.unflatten(-1, (-1, c)).unflatten(-3, (-1, r)).any(-1).any(-2)
 
 
-def block_lists(live: torch.Tensor):
-    """Per row of ``live`` (..., n), the column indices of its True entries first, and their count."""
-    count = live.sum(-1, dtype=torch.int32)
-    order = torch.argsort((~live).to(torch.int8), dim=-1, stable=True)
-    return order.to(torch.int32).contiguous(), count.contiguous()
+@triton.jit
+def adasplash_attention_bwd_key_lists(
+    Tau, TileMax, HeadAlpha, Thr, KList, KCount, Hq, Nq, n_tiles_m, n_tiles_n, alpha,
+    HEAD_ALPHA: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """Per block of BLOCK_M query rows: the key tiles that can hold a nonzero p, ascending, and
+    their count (``live_blocks`` with TILE-wide key blocks); also the threshold of each 64-row
+    slice, the smallest tau / (alpha - 1) of its rows, into Thr for ``..._query_lists``."""
+    R: tl.constexpr = BLOCK_M // 64
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    # alpha is read here, not through a helper: Inductor's analysis of which tensors a kernel
+    # writes ties a helper's results to all of its pointer arguments
+    if HEAD_ALPHA:
+        am1 = tl.load(HeadAlpha + bh % Hq).to(tl.float32) - 1.0
+    else:
+        am1 = tl.cast(alpha, tl.float32) - 1.0
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    tau = tl.load(Tau + bh.to(tl.int64) * Nq + offs_m, mask=offs_m < Nq, other=float("inf"))
+    thr = tl.min(tl.reshape(tau / am1, (R, 64)), 1)
+    slices = pid_m * R + tl.arange(0, R)
+    slice_ok = slices < n_tiles_m
+    tl.store(Thr + bh.to(tl.int64) * n_tiles_m + slices, thr, mask=slice_ok)
+    block = bh.to(tl.int64) * tl.num_programs(0) + pid_m
+    n_live, _, _ = _live_list(TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n,
+                              slice_ok, KList + block * n_tiles_n, n_tiles_n, 0, thr, CHUNK)
+    tl.store(KCount + block, n_live)
+
+
+@triton.jit
+def adasplash_attention_bwd_query_lists(Thr, TileMax, QList, QCount, n_tiles_m, n_tiles_n,
+                                        CHUNK: tl.constexpr):
+    """Per key tile: the 64-row query tiles whose table entry reaches their slice threshold
+    (written by ``..._key_lists``), ascending, and their count."""
+    kt = tl.program_id(0)
+    bh = tl.program_id(1)
+    block = bh.to(tl.int64) * n_tiles_n + kt
+    n_live = tl.full([], 0, tl.int32)
+    for c in range(0, n_tiles_m, CHUNK):
+        mt = c + tl.arange(0, CHUNK)
+        ok = mt < n_tiles_m
+        tmax = tl.load(TileMax + (bh.to(tl.int64) * n_tiles_m + mt) * n_tiles_n + kt, mask=ok,
+                       other=float("-inf"))
+        thr = tl.load(Thr + bh.to(tl.int64) * n_tiles_m + mt, mask=ok, other=float("inf"))
+        live = (tmax >= thr) & ok
+        tl.store(QList + block * n_tiles_m + n_live + tl.cumsum(live.to(tl.int32), 0) - 1, mt,
+                 mask=live)
+        n_live += tl.sum(live.to(tl.int32), 0)
+    tl.store(QCount + block, n_live)
 
 
 def _identity(kernel):
     return kernel
 
 
-# (query rows, keys) per block of the dq kernel and of the dk/dv kernel, head dims up to 128:
-# the fastest of four pairs on an H100 (bf16, causal, D = 128) at every sparsity measured.
-DQ_BLOCKS = (128, 64)
-DKDV_BLOCKS = (64, 64)
+def live_lists(tau, tile_max, alpha, head_alpha, block_m: int, launch=_identity):
+    """The live tiles of ``live_blocks`` as lists, in ascending order: per block of block_m query
+    rows its key tiles, (B, Hq, query blocks, key tiles) int32 with the count of each list in a
+    (B, Hq, query blocks) tensor; and per key tile its query tiles, (B, Hq, key tiles, query
+    tiles) with (B, Hq, key tiles) counts. Entries past a list's count are undefined."""
+    B, Hq, Nq = tau.shape
+    n_tm, n_tn = tile_max.shape[-2:]
+    n_qb = triton.cdiv(Nq, block_m)
+    per_head = head_alpha is not None
+    i32 = dict(dtype=torch.int32, device=tau.device)
+    thr = torch.empty((B, Hq, n_tm), dtype=torch.float32, device=tau.device)
+    k_list, k_count = torch.empty((B, Hq, n_qb, n_tn), **i32), torch.empty((B, Hq, n_qb), **i32)
+    q_list, q_count = torch.empty((B, Hq, n_tn, n_tm), **i32), torch.empty((B, Hq, n_tn), **i32)
+    launch(adasplash_attention_bwd_key_lists)[(n_qb, B * Hq)](
+        tau, tile_max, head_alpha if per_head else tau, thr, k_list, k_count, Hq, Nq, n_tm, n_tn,
+        float(alpha), HEAD_ALPHA=per_head, BLOCK_M=block_m, CHUNK=LIST_CHUNK,
+    )
+    launch(adasplash_attention_bwd_query_lists)[(n_tn, B * Hq)](
+        thr, tile_max, q_list, q_count, n_tm, n_tn, CHUNK=LIST_CHUNK,
+    )
+    return k_list, k_count, q_list, q_count
+
+
+# Query rows per program of the dq kernel (head dims up to 128), which steps over one key tile at
+# a time; the dk/dv kernel takes one key tile per program and one query tile per step: the
+# fastest of four (rows, keys) pairs each on an H100 (bf16, causal, D = 128) at every sparsity
+# measured.
+DQ_BLOCK_M = 128
 
 
 def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_causal, scale,
@@ -241,19 +310,20 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
     G = Hq // Hkv
     block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
     small = max(block_d, block_dv) * q.element_size() > 256  # shared memory: D > 128, or fp32
-    bm_q, bn_q = (64, 64) if small else DQ_BLOCKS
-    bm_k, bn_k = (64, 64) if small else DKDV_BLOCKS
+    bm_q = TILE if small else DQ_BLOCK_M
     mask, ms, mask_kind = mask_4d(attn_mask)
     mask = mask if mask is not None else q
     scale = float(scale if scale is not None else D ** -0.5)
     per_head = head_alpha is not None
     f32 = dict(dtype=torch.float32, device=q.device)
-    dq = torch.empty((B, Hq, Nq, D), dtype=q.dtype, device=q.device)
+    # the kernels write every element (zeros where no tile is live); nothing runs on empty inputs
+    new = torch.empty if B * Hq * Nq * Nk > 0 else torch.zeros
+    dq = new((B, Hq, Nq, D), dtype=q.dtype, device=q.device)
     delta = torch.empty((B, Hq, Nq), **f32)
-    da_rows = torch.zeros((B, Hq, Nq), **f32) if need_alpha_grad else delta
+    da_rows = new((B, Hq, Nq), **f32) if need_alpha_grad else delta
     part = torch.float32 if G > 1 else None
-    dk = torch.zeros((B, Hq, Nk, D), dtype=part or k.dtype, device=q.device)
-    dv = torch.zeros((B, Hq, Nk, DV), dtype=part or v.dtype, device=q.device)
+    dk = new((B, Hq, Nk, D), dtype=part or k.dtype, device=q.device)
+    dv = new((B, Hq, Nk, DV), dtype=part or v.dtype, device=q.device)
     if B * Hq * Nq * Nk > 0:
         do = grad_out
         common = dict(IS_CAUSAL=bool(is_causal), MASK_KIND=mask_kind,
@@ -261,19 +331,19 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
                       PRECISION=dot_precision(q.dtype), BLOCK_D=block_d, BLOCK_DV=block_dv)
         strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *ms)
         ha = head_alpha if per_head else q
-        live = live_blocks(tau, tile_max, alpha, head_alpha, bm_q, bn_q)
-        k_list, k_count = block_lists(live)
-        launch(adasplash_attention_bwd_dq)[(live.shape[2], B * Hq)](
+        n_tm, n_tn = tile_max.shape[-2:]
+        k_list, k_count, q_list, q_count = live_lists(tau, tile_max, alpha, head_alpha, bm_q,
+                                                      launch)
+        launch(adasplash_attention_bwd_dq)[(k_count.shape[-1], B * Hq)](
             q, k, v, do, mask, ha, row_max, tau, k_list, k_count, dq, delta, da_rows, *strides,
-            Hq, G, Nq, Nk, D, DV, live.shape[3], scale, float(alpha), NEED_DALPHA=need_alpha_grad,
-            BLOCK_M=bm_q, BLOCK_N=bn_q, **common, num_warps=8 if bm_q * bn_q > 4096 else 4, num_stages=1 if small else 2,
+            Hq, G, Nq, Nk, D, DV, n_tn, scale, float(alpha), NEED_DALPHA=need_alpha_grad,
+            BLOCK_M=bm_q, BLOCK_N=TILE, **common, num_warps=8 if bm_q > TILE else 4,
+            num_stages=1 if small else 2,
         )
-        live = live_blocks(tau, tile_max, alpha, head_alpha, bm_k, bn_k).transpose(-1, -2)
-        q_list, q_count = block_lists(live)
-        launch(adasplash_attention_bwd_dkdv)[(live.shape[2], B * Hq)](
+        launch(adasplash_attention_bwd_dkdv)[(n_tn, B * Hq)](
             q, k, v, do, mask, ha, row_max, tau, delta, q_list, q_count, dk, dv, *strides,
-            Hq, G, Nq, Nk, D, DV, live.shape[3], scale, float(alpha),
-            BLOCK_M=bm_k, BLOCK_N=bn_k, **common, num_warps=8 if bm_k * bn_k > 4096 else 4,
+            Hq, G, Nq, Nk, D, DV, n_tm, scale, float(alpha),
+            BLOCK_M=TILE, BLOCK_N=TILE, **common, num_warps=4,
             num_stages=1 if small else 2,
         )
     if G > 1:

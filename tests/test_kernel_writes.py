@@ -74,6 +74,8 @@ EXPECTED = {
     "adasplash_attention_max": ["RowMax", "TileMax"],
     "adasplash_attention_threshold": ["List", "Tau"],
     "adasplash_attention_out": ["List", "Out", "TileMax"],
+    "adasplash_attention_bwd_key_lists": ["KCount", "KList", "Thr"],
+    "adasplash_attention_bwd_query_lists": ["QCount", "QList"],
     "adasplash_attention_bwd_dq": ["DAlphaRow", "DQ", "Delta"],
     "adasplash_attention_bwd_dkdv": ["DK", "DVout"],
     "adasplash_entmax_fwd": ["P"],

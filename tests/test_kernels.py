@@ -8,6 +8,7 @@ autograd through the ``entmax`` package. bf16 is left to the GPU tests: the inte
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import entmax as entmax_pkg
@@ -21,11 +22,19 @@ F64 = torch.float64
 TILE = attention_fwd.TILE
 
 
-def _qkv(B=1, Hq=2, Hkv=1, Nq=70, Nk=90, D=16, DV=16, dtype=torch.float32, scale=1.0):
+def _qkv(B=1, Hq=2, Hkv=1, Nq=70, Nk=90, D=16, DV=16, dtype=torch.float32, scale=1.0,
+         v_offset=0.0):
     q = torch.randn(B, Hq, Nq, D, device=DEV) * scale
     k = torch.randn(B, Hkv, Nk, D, device=DEV) * scale
-    v = torch.randn(B, Hkv, Nk, DV, device=DEV)
+    v = torch.randn(B, Hkv, Nk, DV, device=DEV) + v_offset
     return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _assert_lists(lists, counts, live):
+    """lists[..., :count] hold the indices of the True entries of live (..., n), ascending."""
+    assert torch.equal(counts.long(), live.sum(-1))
+    for idx in itertools.product(*map(range, live.shape[:-1])):
+        assert lists[idx][: counts[idx]].tolist() == live[idx].nonzero().flatten().tolist()
 
 
 def _mask(kind, B, Hq, Nq, Nk):
@@ -71,6 +80,9 @@ FORWARD_CASES = {
     "head dims 80 / 48, scale": dict(D=80, DV=48, sm_scale=0.3),
     "one query": dict(Nq=1, Nk=77),
     "float16": dict(dtype=torch.float16, causal=True),
+    # dP = dO v^T then has a large common part, which dS = u (dP - delta) cancels
+    "float16, values with a common offset": dict(dtype=torch.float16, causal=True, scale=2.0,
+                                                 v_offset=50.0),
 }
 
 
@@ -120,6 +132,11 @@ def test_attention_forward(oracle, case):
     assert (tile_max.double() >= exact - 1e-5)[has_p].all()
     live = attention_bwd.live_blocks(tau, tile_max, alpha, ha, TILE, TILE)
     assert torch.equal(live, has_p)
+    # the backward's lists of live tiles, per query block of one and two tiles and per key tile
+    for block_m in (TILE, 2 * TILE):
+        k_list, k_count, q_list, q_count = attention_bwd.live_lists(tau, tile_max, alpha, ha, block_m)
+        _assert_lists(k_list, k_count, attention_bwd.live_blocks(tau, tile_max, alpha, ha, block_m, TILE))
+        _assert_lists(q_list, q_count, live.transpose(-1, -2))
     # stats: passes, live tiles of the output pass <= admissible tiles, support = #{p > 0}
     stats = stats.reshape(-1, 4)
     assert (stats[:, 0] >= 1).all() and (stats[:, 1] <= stats[:, 2]).all()
@@ -157,6 +174,9 @@ BACKWARD_CASES = {
     "per-head alpha": dict(head_alpha=(1.2, 1.9)),
     "head dims 80 / 48": dict(D=80, DV=48, sm_scale=0.3),
     "float16": dict(dtype=torch.float16, causal=True),
+    # dP = dO v^T then has a large common part, which dS = u (dP - delta) cancels
+    "float16, values with a common offset": dict(dtype=torch.float16, causal=True, scale=2.0,
+                                                 v_offset=50.0),
 }
 
 
@@ -197,6 +217,15 @@ def test_attention_backward(oracle, case):
     for got, want in zip(grads, expected):
         scale_ = want.abs().max().clamp_min(1e-6)
         torch.testing.assert_close(got.double() / scale_, want / scale_, rtol=0, atol=tol)
+
+
+def test_attention_backward_without_keys():
+    """No key at all: zero output and zero dq (the backward allocates zeros, runs no kernel)."""
+    q, k, v = _qkv(Nk=0)
+    out, tau, row_max, tile_max = attention_fwd.attention_forward(q, k, v, None, False, None, 1.5)
+    dq, dk, dv, _ = attention_bwd.attention_backward(torch.randn_like(out), q, k, v, tau, row_max,
+                                                     tile_max, None, False, None, 1.5)
+    assert (out == 0).all() and (dq == 0).all() and dk.shape == k.shape and dv.shape == v.shape
 
 
 ROW_CASES = [

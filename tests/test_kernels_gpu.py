@@ -31,13 +31,14 @@ def _rope(x):
     return torch.stack([x1 * ang.cos() - x2 * ang.sin(), x1 * ang.sin() + x2 * ang.cos()], -1).flatten(-2)
 
 
-def _inputs(B, Hq, Hkv, N, D, dtype, locality):
+def _inputs(B, Hq, Hkv, N, D, dtype, locality, v_offset=0.0):
     """Local attention patterns (RoPE of a shared direction plus noise), sparser for larger
-    locality; v random."""
+    locality; v random, plus v_offset (then dP = dO v^T has a large part common to a row, which the
+    backward cancels)."""
     c = torch.randn(1, Hkv, 1, D, device="cuda")
     q = _rope(locality * c.repeat_interleave(Hq // Hkv, 1) + torch.randn(B, Hq, N, D, device="cuda"))
     k = _rope(locality * c + torch.randn(B, Hkv, N, D, device="cuda"))
-    v = torch.randn(B, Hkv, N, D, device="cuda")
+    v = torch.randn(B, Hkv, N, D, device="cuda") + v_offset
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
@@ -45,20 +46,21 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-CASES = {
-    "16k causal bf16": (1, 2, 2, 16384, 128, True, torch.bfloat16, 1.5, 2.0),
-    "4k causal fp16 gqa": (1, 4, 2, 4096, 64, True, torch.float16, 1.5, 1.0),
-    "2k fp32 sparsemax mqa": (2, 2, 1, 2048, 128, False, torch.float32, 2.0, 1.0),
-    "3000 causal bf16 alpha 1.3 D 80": (1, 2, 2, 3000, 80, True, torch.bfloat16, 1.3, 1.0),
-    "1000 causal bf16 D 256": (1, 2, 2, 1000, 256, True, torch.bfloat16, 1.5, 1.0),
-    "5000 dense rows fp32": (1, 2, 2, 5000, 64, True, torch.float32, 1.5, 0.0),
+CASES = {  # B, Hq, Hkv, N, D, causal, dtype, alpha, locality, v_offset
+    "16k causal bf16": (1, 2, 2, 16384, 128, True, torch.bfloat16, 1.5, 2.0, 0.0),
+    "4k causal fp16 gqa": (1, 4, 2, 4096, 64, True, torch.float16, 1.5, 1.0, 0.0),
+    "2k fp32 sparsemax mqa": (2, 2, 1, 2048, 128, False, torch.float32, 2.0, 1.0, 0.0),
+    "3000 causal bf16 alpha 1.3 D 80": (1, 2, 2, 3000, 80, True, torch.bfloat16, 1.3, 1.0, 0.0),
+    "1000 causal bf16 D 256": (1, 2, 2, 1000, 256, True, torch.bfloat16, 1.5, 1.0, 0.0),
+    "5000 dense rows fp32": (1, 2, 2, 5000, 64, True, torch.float32, 1.5, 0.0, 0.0),
+    "4k causal bf16 v offset 30": (1, 2, 2, 4096, 128, True, torch.bfloat16, 1.5, 1.0, 30.0),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_attention_forward_backward(case):
-    B, Hq, Hkv, N, D, causal, dtype, alpha, locality = CASES[case]
-    q, k, v = (t.requires_grad_() for t in _inputs(B, Hq, Hkv, N, D, dtype, locality))
+    B, Hq, Hkv, N, D, causal, dtype, alpha, locality, v_offset = CASES[case]
+    q, k, v = (t.requires_grad_() for t in _inputs(B, Hq, Hkv, N, D, dtype, locality, v_offset))
     out = ac.entmax_attention(q, k, v, is_causal=causal, alpha=alpha, enable_gqa=Hq != Hkv)
     do = torch.randn_like(out)
     out.backward(do)
