@@ -37,6 +37,7 @@ MAX_STEPS = 32
 LIST_CHUNK = 128
 # Query rows per program of the dense and the sparse kernel (head dims up to 128; 64 above).
 DENSE_BLOCK_M = 128
+DENSE_KEY_TILES = 2  # key tiles per step of the dense sweep
 SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
 
 
@@ -67,19 +68,21 @@ def _interior_tiles(pid_m, Nq, Nk, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexp
 
 
 @triton.jit
-def _max_tile(q, K, Mask, k_base, mask_base, offs_m, kt, offs_d, stride_kn, stride_kd, stride_mm,
-              stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices, n_tiles_m, IS_CAUSAL: tl.constexpr,
-              MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
-              R: tl.constexpr):
-    """One tile of the dense sweep: updates the row max m and writes, per 64-row slice, the max
-    of s - m over the tile (>= its value for the final m)."""
-    s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + tl.arange(0, 64), offs_d,
-                    stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL,
-                    MASK_KIND, PRECISION, BOUNDS)
-    row_max = tl.max(s, 1)
-    m = tl.maximum(m, row_max)
-    rel = tl.where(row_max == float("-inf"), float("-inf"), row_max - m)
-    tl.store(tm_ptrs + kt, tl.max(tl.reshape(rel, (R, 64)), 1), mask=slices < n_tiles_m)
+def _max_block(q, K, Mask, k_base, mask_base, offs_m, kb, offs_d, stride_kn, stride_kd, stride_mm,
+               stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices, n_tiles_m, n_tiles_n,
+               IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, PRECISION: tl.constexpr,
+               BOUNDS: tl.constexpr, R: tl.constexpr, T: tl.constexpr):
+    """One block of T key tiles of the dense sweep: updates the row max m and writes, per 64-row
+    slice and tile, the max of s - m over the tile (>= its value for the final m)."""
+    s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kb * 64 * T + tl.arange(0, 64 * T),
+                   offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
+                   IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
+    tile_max = tl.max(tl.reshape(s, (R * 64, T, 64)), 2)
+    m = tl.maximum(m, tl.max(tile_max, 1))
+    rel = tl.where(tile_max == float("-inf"), float("-inf"), tile_max - m[:, None])
+    kt = kb * T + tl.arange(0, T)
+    tl.store(tm_ptrs[:, None] + kt[None, :], tl.max(tl.reshape(rel, (R, 64, T)), 1),
+             mask=(slices < n_tiles_m)[:, None] & (kt < n_tiles_n)[None, :])
     return m
 
 
@@ -91,7 +94,7 @@ def adasplash_attention_max(
     stride_mb, stride_mh, stride_mm, stride_mn,
     Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, scale,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
 ):
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
@@ -104,16 +107,18 @@ def adasplash_attention_max(
     slices = pid_m * R + tl.arange(0, R)
     tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
 
-    n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
+    # blocks of T tiles; the interior ones are the blocks of interior tiles only
+    n_kb = tl.cdiv(n_kt, T)
+    n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL) // T
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for i in range(0, n_kt - n_free):
-        m = _max_tile(q, K, Mask, k_base, mask_base, offs_m, n_kt - 1 - i, offs_d, stride_kn,
-                      stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices,
-                      n_tiles_m, IS_CAUSAL, MASK_KIND, PRECISION, True, R)
+    for i in range(0, n_kb - n_free):
+        m = _max_block(q, K, Mask, k_base, mask_base, offs_m, n_kb - 1 - i, offs_d, stride_kn,
+                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices,
+                       n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, True, R, T)
     for i in range(0, n_free):
-        m = _max_tile(q, K, Mask, k_base, mask_base, offs_m, n_free - 1 - i, offs_d, stride_kn,
-                      stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices,
-                      n_tiles_m, IS_CAUSAL, MASK_KIND, PRECISION, False, R)
+        m = _max_block(q, K, Mask, k_base, mask_base, offs_m, n_free - 1 - i, offs_d, stride_kn,
+                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, m, tm_ptrs, slices,
+                       n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, False, R, T)
     tl.store(RowMax + bh.to(tl.int64) * Nq + offs_m, m, mask=offs_m < Nq)
 
 
@@ -395,8 +400,9 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
                   BLOCK_D=block_d)
     launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), B * Hq)](
         q, k, mask, row_max, tile_max, *q.stride(), *k.stride(), *ms,
-        Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, scale, BLOCK_M=dense_m, **common,
-        num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 3,
+        Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, scale, BLOCK_M=dense_m,
+        T=1 if wide else DENSE_KEY_TILES, **common,
+        num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2,
     )
     live_list = torch.empty((B * Hq * n_mb * n_tn,), dtype=torch.int32, device=q.device)
     per_head = head_alpha is not None
