@@ -13,7 +13,7 @@ import adasplash_compile
 from lowering import routing
 
 from . import adasplash_package
-from .timing import attempt, median_ms
+from .timing import attempt, graph_ms, median_ms
 
 ALPHA = 1.5
 
@@ -50,9 +50,12 @@ IMPLS = {"ours": ours, "softmax": softmax, "adasplash": package, "copy": copy}
 
 
 def _measure(fn, x, out, device) -> dict:
+    """Eager time per call (with the host's overhead) and, on CUDA, the time of a replayed graph."""
     with torch.no_grad():
         ms = median_ms(lambda: fn(x, out), device)
-    return {"ms": ms, "gb_per_s": 2 * x.numel() * x.element_size() / ms / 1e6}
+        graph = attempt(lambda: {"ms": graph_ms(lambda: fn(x, out), device)})
+    return {"ms": ms, "gb_per_s": 2 * x.numel() * x.element_size() / ms / 1e6,
+            "graph_ms": graph.get("ms"), **({"graph_error": graph["error"]} if "error" in graph else {})}
 
 
 def _check(x, with_package: bool) -> dict:

