@@ -113,6 +113,8 @@ def markdown(data: dict) -> str:
     lines = ["# adasplash-compile benchmarks", "", header(data), ""]
     if data.get("stopped"):
         lines += [f"Stopped early: {data['stopped']}", ""]
+    if data.get("note"):
+        lines += [data["note"], ""]
     if data["attention"]:
         for mode in ("fwd", "fwd_bwd"):
             lines += attention_table(data, mode) + [""]

@@ -9,7 +9,8 @@ For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf
 2. ``adasplash_attention_threshold`` (sparse): with z = (alpha - 1)(s - m) (max 0), threshold
    passes (``threshold.py``) start at t = -1 <= tau. A tile can hold some z > t only if its table
    entry reaches t / (alpha - 1) for one of its rows, so each pass first compacts the list of
-   such tiles, then visits only them, until the support count proves t = tau.
+   such tiles, then visits only them, until the support is proven unchanged (t = tau). The
+   proof's gap is cut at the largest table entry of the tiles a pass skipped.
 3. ``adasplash_attention_out`` (sparse): visits the tiles live for tau:
    out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the
    exact tau and absorbs rounding). A visited tile whose weights are all zero for a 64-row slice
