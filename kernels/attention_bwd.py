@@ -10,9 +10,9 @@ p = d^k (k = 1 / (alpha - 1)), u = p^(2 - alpha) = d^(k - 1) on the support and 
 
 Only the (query block, key tile) pairs that the forward's tile table marks live are visited:
 ``live_lists`` lists them per query block and per key tile in two small kernels (``live_blocks``
-states the same rule in torch). ``adasplash_attention_bwd_dq`` (one
-program per query block) makes a first pass for delta (and dalpha), then one for dq;
-``adasplash_attention_bwd_dkdv`` (one program per key block and query head) accumulates dk, dv.
+states the same rule in torch). ``adasplash_attention_bwd_dq`` (one program per query block)
+makes a first pass for delta (and dalpha), then one for dq; ``adasplash_attention_bwd_dkdv``
+(one program per key tile and query head) accumulates dk, dv.
 Every output element is written by one program: the results are bitwise reproducible. With
 grouped-query attention, dk and dv are written per query head and summed over each group.
 """
