@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import LIST_CHUNK, TILE, _live_list, dot_precision, mask_4d
+from .attention_fwd import LIST_CHUNK, TILE, _append, _live_list, dot_precision, mask_4d
 from .entmax_rows import alpha_mode
 from .tiles import load_tile, shift_scores, shifted_scores
 
@@ -261,10 +261,7 @@ def adasplash_attention_bwd_query_lists(Thr, TileMax, QList, QCount, n_tiles_m, 
         tmax = tl.load(TileMax + (bh.to(tl.int64) * n_tiles_m + mt) * n_tiles_n + kt, mask=ok,
                        other=float("-inf"))
         thr = tl.load(Thr + bh.to(tl.int64) * n_tiles_m + mt, mask=ok, other=float("inf"))
-        live = (tmax >= thr) & ok
-        tl.store(QList + block * n_tiles_m + n_live + tl.cumsum(live.to(tl.int32), 0) - 1, mt,
-                 mask=live)
-        n_live += tl.sum(live.to(tl.int32), 0)
+        n_live = _append(QList + block * n_tiles_m, n_live, (tmax >= thr) & ok, mt)
     tl.store(QCount + block, n_live)
 
 

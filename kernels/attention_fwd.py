@@ -124,6 +124,13 @@ def adasplash_attention_max(
 
 
 @triton.jit
+def _append(List, n, live, values):
+    """Store the live entries of values at List[n:], in order; return the new length."""
+    tl.store(List + n + tl.cumsum(live.to(tl.int32), 0) - 1, values, mask=live)
+    return n + tl.sum(live.to(tl.int32), 0)
+
+
+@triton.jit
 def _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, CHUNK: tl.constexpr):
     """Write to List, in ascending order, the key tiles whose table entry reaches thr for some
     64-row slice; return how many, how many of them are below n_free (the interior ones, first in
@@ -136,12 +143,9 @@ def _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, CHUNK: tl.constexpr):
         kt = c + tl.arange(0, CHUNK)
         tmax = tl.load(tm_ptrs[:, None] + kt[None, :], mask=slice_ok[:, None] & (kt[None, :] < n_kt),
                        other=float("-inf"))
-        reach = tmax >= thr[:, None]
-        live = (tl.max(reach.to(tl.int32), 0) > 0) & (kt < n_kt)
+        live = (tl.max((tmax >= thr[:, None]).to(tl.int32), 0) > 0) & (kt < n_kt)
         unseen = tl.maximum(unseen, tl.max(tl.where(live[None, :], float("-inf"), tmax), 1))
-        pos = n_live + tl.cumsum(live.to(tl.int32), 0) - 1
-        tl.store(List + pos, kt, mask=live)
-        n_live += tl.sum(live.to(tl.int32), 0)
+        n_live = _append(List, n_live, live, kt)
         n_int += tl.sum((live & (kt < n_free)).to(tl.int32), 0)
     tl.debug_barrier()
     return n_live, n_int, unseen

@@ -35,25 +35,26 @@ def entmax_power(d, k, ALPHA_MODE: tl.constexpr):
 
 @triton.jit
 def threshold_terms(x, ALPHA_MODE: tl.constexpr, k):
-    """Elementwise terms of (count, s1, s2, gap) at x = z - t (see the module docstring); the row
+    """Elementwise terms of (count, s1, s2, gap) at x = z - t (see the module docstring): the row
     sums of the first three and the row min of the last make the stats. k broadcasts against x
     (a scalar, or one value per row as a column)."""
     d = tl.maximum(x, 0.0)
     live = d > 0
     if ALPHA_MODE == 1:
-        return live.to(tl.float32), d, d * d, tl.abs(x)
+        s1, s2 = d, d * d
     elif ALPHA_MODE == 2:
-        return live.to(tl.float32), d, live.to(tl.float32), tl.abs(x)
+        s1, s2 = d, live.to(tl.float32)
     else:
-        pk = entmax_power(d, k, ALPHA_MODE)
-        return live.to(tl.float32), tl.where(live, pk / tl.maximum(d, 1e-30), 0.0), pk, tl.abs(x)
+        s2 = entmax_power(d, k, ALPHA_MODE)
+        s1 = tl.where(live, s2 / tl.maximum(d, 1e-30), 0.0)
+    return live.to(tl.float32), s1, s2, tl.abs(x)
 
 
 @triton.jit
 def threshold_stats(x, ALPHA_MODE: tl.constexpr, k):
-    """Per-row (count, s1, s2, gap) of a 2-D tile of x = z - t."""
-    c0, c1, c2, c3 = threshold_terms(x, ALPHA_MODE, k)
-    return tl.sum(c0, 1), tl.sum(c1, 1), tl.sum(c2, 1), tl.min(c3, 1)
+    """Per-row (count, s1, s2) of a 2-D tile of x = z - t (no gap: see the row kernel)."""
+    c0, c1, c2, _ = threshold_terms(x, ALPHA_MODE, k)
+    return tl.sum(c0, 1), tl.sum(c1, 1), tl.sum(c2, 1)
 
 
 @triton.jit
@@ -79,11 +80,11 @@ def threshold_step(t, lo, hi, count, s1, s2, gap, prev, k, ALPHA_MODE: tl.conste
     if ALPHA_MODE == 1:
         disc = s1 * s1 - count * (s2 - 1.0)
         closed = disc >= 0
-        s1 = tl.where(s1 > 0, s1, 1.0)
-        rho = count * s2 / (2.0 * s1 * s1)
+        s1_safe = tl.where(s1 > 0, s1, 1.0)
+        rho = count * s2 / (2.0 * s1_safe * s1_safe)
         log_f = tl.log(tl.maximum(s2, 1.0))
         g = 1.0 / tl.maximum(1.0 - rho, 1e-3)
-        model = tl.where(rho < 0.999, g * (1.0 - tl.exp(-log_f / g)), log_f) * s2 / (2.0 * s1)
+        model = tl.where(rho < 0.999, g * (1.0 - tl.exp(-log_f / g)), log_f) * s2 / (2.0 * s1_safe)
         delta = tl.where(closed, (s1 - tl.sqrt(tl.maximum(disc, 0.0))) / safe,
                          tl.minimum(model, -1.0 / tl.sqrt(safe) - t))
         new_t = t + delta
