@@ -9,6 +9,7 @@ kernels on the same warm machine (run it once per checkout, same arguments).
 
     python -m benchmarks.kernel_times                         # causal, N = 16k, B = 1, H = 16, D = 128
     python -m benchmarks.kernel_times --scales 0 10.8 --json times.json
+    python -m benchmarks.kernel_times --alpha 2 --forward-only       # another alpha, forward kernels only
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import torch.nn.functional as F
 from . import inputs
 from .timing import environment
 
-ALPHA = 1.5
 # the input scales the quick benchmark calibrated for block sparsity 0, .5, .75, .9, .95 at N = 16k
 DEFAULT_SCALES = (0.0, 8.0, 9.31, 10.83, 12.34)
 
@@ -51,29 +51,31 @@ def _short(name: str) -> str:
     return "sdpa" if "flash" in name or "fmha" in name else "other"
 
 
-def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int, seed: int) -> dict:
+def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int, seed: int,
+            alpha: float = 1.5, backward: bool = True) -> dict:
     from kernels import attention_bwd, attention_fwd
 
     q, k, v = inputs.attention_inputs(batch, heads, seq, head_dim, a, dtype=torch.bfloat16,
                                       device="cuda", seed=seed)
     dout = torch.randn_like(q)
     out, tau, row_max, tile_max, stats = attention_fwd.attention_forward(
-        q, k, v, None, True, None, ALPHA, None, stats=True)
-    absolute_tau = tau + (ALPHA - 1) * row_max
-    sparsity = inputs.block_sparsity(q, k, causal=True, alpha=ALPHA, tau=absolute_tau)
+        q, k, v, None, True, None, alpha, None, stats=True)
+    absolute_tau = tau + (alpha - 1) * row_max
+    sparsity = inputs.block_sparsity(q, k, causal=True, alpha=alpha, tau=absolute_tau)
 
     def forward():
-        attention_fwd.attention_forward(q, k, v, None, True, None, ALPHA, None)
+        attention_fwd.attention_forward(q, k, v, None, True, None, alpha, None)
 
-    def backward():
+    def backward_pass():
         attention_bwd.attention_backward(dout, q, k, v, tau, row_max, tile_max, None, True, None,
-                                         ALPHA)
+                                         alpha)
 
     def sdpa_fwd():
         F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     times: dict[str, float] = defaultdict(float)
-    for part, fn in (("fwd", forward), ("bwd", backward), ("sdpa_fwd", sdpa_fwd)):
+    parts = (("fwd", forward), ("bwd", backward_pass), ("sdpa_fwd", sdpa_fwd))
+    for part, fn in parts if backward else parts[::2]:
         for name, ms in _device_ms(fn, reps).items():
             times[f"{part}:{_short(name)}"] += ms
     return {
@@ -91,16 +93,18 @@ def main(argv=None) -> None:
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES))
+    parser.add_argument("--alpha", type=float, default=1.5)
+    parser.add_argument("--forward-only", action="store_true", help="skip the backward kernels")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("kernel_times needs a CUDA device (the profiler times device kernels)")
-    rows = [measure(args.seq, args.batch, args.heads, args.head_dim, a, args.reps, args.seed)
-            for a in args.scales]
+    rows = [measure(args.seq, args.batch, args.heads, args.head_dim, a, args.reps, args.seed,
+                    args.alpha, not args.forward_only) for a in args.scales]
     names = sorted({name for row in rows for name in row["ms"]})
-    print(f"causal bf16 alpha {ALPHA}, B={args.batch} H={args.heads} N={args.seq} D={args.head_dim};"
+    print(f"causal bf16 alpha {args.alpha:g}, B={args.batch} H={args.heads} N={args.seq} D={args.head_dim};"
           " device ms per call")
     print("| a | block sparsity | passes | output-pass tiles | " + " | ".join(names) + " |")
     print("|---" * (4 + len(names)) + "|")

@@ -71,7 +71,7 @@ PROBE = textwrap.dedent("""
 """)
 
 EXPECTED = {
-    "adasplash_attention_max": ["RowMax", "TileMax"],
+    "adasplash_attention_max": ["RowMax", "Tau", "TileMax"],
     "adasplash_attention_threshold": ["List", "Tau"],
     "adasplash_attention_out": ["List", "Out", "TileMax"],
     "adasplash_attention_bwd_key_lists": ["KCount", "KList", "Thr"],

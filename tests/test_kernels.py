@@ -143,10 +143,74 @@ def test_attention_forward(oracle, case):
     assert stats[:, 3].sum().item() == pytest.approx((p > 0).sum().item(), abs=2)
 
 
+def _sweep_only(kernel):
+    """A launch wrapper that runs the dense sweep and skips the other forward kernels."""
+    if kernel is attention_fwd.adasplash_attention_max:
+        return kernel
+
+    class Skip:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+    return Skip()
+
+
+HISTOGRAM_CASES = {
+    # the sweep visits key tiles from the last to the first: a max in the first one comes last,
+    # and the counts gathered so far must move down by the bins the max moved
+    "alpha 1.3, max found last": dict(alpha=1.3, late_max=True),
+    "per-head alpha, causal, dead rows": dict(head_alpha=(1.2, 1.9), causal=True,
+                                              mask="dead rows", Nq=130, Nk=130),
+    "alpha 1.75, causal, Nq < Nk": dict(alpha=1.75, causal=True, scale=1.2, Nq=100, Nk=300),
+    "alpha 1.6, head dim 144 (one key tile per step)": dict(alpha=1.6, D=144, Nq=70, Nk=200),
+    # closed forms, used when these modes are in HISTOGRAM_MODES
+    "alpha 1.5, max found last": dict(alpha=1.5, late_max=True),
+    "alpha 2, causal": dict(alpha=2.0, causal=True, Nq=130, Nk=130),
+}
+
+
+@pytest.mark.parametrize("case", HISTOGRAM_CASES)
+def test_attention_histogram_start(oracle, case, monkeypatch):
+    """The dense sweep's start for tau from its histogram (for every alpha here): within one bin
+    (1/8 in z) of the exact tau wherever tau lies above the lowest bin (z > -7/8), in [-1, 0) on
+    every row with a key, +inf on rows without; the passes from there end at the exact tau."""
+    monkeypatch.setattr(attention_fwd, "HISTOGRAM_MODES", (0, 1, 2))
+    cfg = dict(HISTOGRAM_CASES[case])
+    causal, mask, alpha = cfg.pop("causal", False), cfg.pop("mask", None), cfg.pop("alpha", 1.5)
+    head_alpha, late_max = cfg.pop("head_alpha", None), cfg.pop("late_max", False)
+    q, k, v = _qkv(**cfg)
+    if late_max:  # queries share a direction c, and keys 0..9 lie along it: they score highest
+        c = torch.nn.functional.normalize(torch.randn(q.shape[-1], device=DEV), dim=0)
+        q += 3 * c
+        k[:, :, :10] = q.shape[-1] ** 0.5 * c * torch.linspace(1.2, 1.6, 10, device=DEV)[:, None]
+    B, Hq, Nq, _ = q.shape
+    m = _mask(mask, B, Hq, Nq, k.shape[2])
+    ha = torch.tensor(head_alpha, device=DEV) if head_alpha else None
+    _, start, row_max, _ = attention_fwd.attention_forward(q, k, v, m, causal, None, alpha, ha,
+                                                           launch=_sweep_only)
+    a = ha.double().view(1, Hq, 1) if ha is not None else torch.tensor(alpha, dtype=F64)
+    s = oracle.scores(q.double(), k.double().repeat_interleave(Hq // k.shape[1], 1), m, causal)
+    if late_max:
+        assert (s.argmax(-1) < 10).double().mean() > 0.5
+    p = oracle.entmax(s, a if ha is not None else alpha)
+    tau = -p.amax(-1) ** (a - 1)  # z - tau = p^(alpha - 1) at the max, where z = 0
+    seen = torch.isfinite(row_max)
+    assert torch.isinf(start[~seen]).all() and (start[~seen] > 0).all()
+    start, tau = start[seen].double(), tau[seen]
+    assert ((start >= -1) & (start < 0)).all()
+    inside = tau > -7 / 8
+    assert inside.double().mean() > 0.5, inside.double().mean()
+    assert (start - tau)[inside].abs().max() <= 1 / 8 + 1e-5
+    out, tau_end, *_ = attention_fwd.attention_forward(q, k, v, m, causal, None, alpha, ha)
+    torch.testing.assert_close(tau_end[seen].double(), tau, rtol=0, atol=1e-5)
+    expected = oracle.attention(q, k, v, m, causal, None, ha.double() if ha is not None else alpha)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("alpha", [1.1, 1.3, 1.7, 1.9])
 def test_attention_threshold_newton_ends_at_rounding_level(oracle, alpha):
-    """Any alpha: Newton from t = -1 converges quadratically, so every query block is done in a
-    few passes (a step at rounding level used to start a bisection of an old bracket instead)."""
+    """Any alpha: Newton from the histogram start converges quadratically, so every query block
+    is done in a few passes (a step at rounding level used to start a bisection of an old
+    bracket instead)."""
     _, (out, tau, *_, stats), expected = _run_forward(oracle, Nq=256, Nk=256, D=64, DV=16,
                                                       causal=True, alpha=alpha)
     torch.testing.assert_close(out.double(), expected, rtol=2e-5, atol=2e-5)
