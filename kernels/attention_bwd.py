@@ -37,9 +37,8 @@ def _p_and_u(x, k, ALPHA_MODE: tl.constexpr):
     elif ALPHA_MODE == 2:
         return d, (d > 0).to(tl.float32)
     else:
-        lg = tl.log2(tl.maximum(d, 1e-30))
-        p = tl.where(d > 0, tl.exp2(k * lg), 0.0)
-        return p, tl.where(d > 0, tl.exp2((k - 1.0) * lg), 0.0)
+        u = tl.where(d > 0, tl.exp2((k - 1.0) * tl.log2(tl.maximum(d, 1e-30))), 0.0)
+        return d * u, u
 
 
 @triton.jit
