@@ -1,8 +1,9 @@
 """Standalone alpha-entmax over the rows of a 2-D tensor: forward and backward kernels.
 
 Forward: z = (alpha - 1)(x - max x) (max 0, so huge |x| keep their precision); t starts at -1 (a
-lower bound of tau: the max alone gives p = 1 there) and ``threshold_step`` iterates to tau (see
-``threshold.py``); p = [z - tau]_+^(1/(alpha-1)).
+lower bound of tau: the max alone gives p = 1 there), or, for the alphas of ``HISTOGRAM_MODES``
+on rows held on chip, within one bin of tau from a histogram of z (``histogram.py``), and
+``threshold_step`` iterates to tau (see ``threshold.py``); p = [z - tau]_+^(1/(alpha-1)).
 A row of up to ``MAX_ON_CHIP`` elements is read once and written once; longer rows are streamed in
 chunks, one read per pass.
 
@@ -18,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .histogram import BINS, add_counts, bin_words, histogram_start
 from .threshold import entmax_power, threshold_stats, threshold_step, threshold_terms
 
 MAX_ON_CHIP = 16384
@@ -28,6 +30,9 @@ ROW_WARPS = None  # None: by block size, from _WARPS
 # Warps per program by elements per program: the fastest of 2, 4, 8, 16 on an H100 (fp32 and
 # bf16 rows of 1k to 16k).
 _WARPS = {1024: 2, 2048: 4, 4096: 4, 8192: 2, 16384: 4}
+# ALPHA_MODEs whose rows held on chip start from a histogram (as the attention's, see
+# ``attention_fwd.HISTOGRAM_MODES``); the others, and streamed rows, start at t = -1.
+HISTOGRAM_MODES = (0,)
 
 
 @triton.jit
@@ -49,7 +54,7 @@ def _load_rows(ptrs, offs, n, row_ok, other):
 def adasplash_entmax_fwd(
     X, P, Alpha, stride_x, stride_p, R, N, alpha,
     ALPHA_MODE: tl.constexpr, PER_ROW_ALPHA: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK: tl.constexpr, ON_CHIP: tl.constexpr, MAX_STEPS: tl.constexpr,
+    BLOCK: tl.constexpr, ON_CHIP: tl.constexpr, HISTOGRAM: tl.constexpr, MAX_STEPS: tl.constexpr,
 ):
     alpha = tl.cast(alpha, tl.float32)  # callers may pass float64 scalars (Inductor does)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -71,12 +76,24 @@ def adasplash_entmax_fwd(
             xacc = tl.maximum(xacc, _load_rows(x_rows + c, offs, N - c, row_ok, ninf))
         xmax = tl.max(xacc, 1)
     empty = xmax == ninf
+    if HISTOGRAM:
+        # a start within one bin of tau from the counts of x near its max (``histogram.py``),
+        # chunks of at most 128 scores per 8-bit count
+        c = BINS * am1
+        top = tl.floor(xmax * c + 0.5)
+        chunk: tl.constexpr = min(BLOCK, 128)
+        words = bin_words(tl.reshape(x, (ROWS, BLOCK // chunk, chunk)), top[:, None, None],
+                          c[:, None, None])
+        zero = tl.zeros([ROWS, BLOCK // chunk], tl.int64)
+        lo, hi = add_counts(zero, zero, tl.sum(words, 2))
+        t = histogram_start(tl.sum(lo, 1), tl.sum(hi, 1), top, xmax, c, k, ALPHA_MODE)
+    else:
+        t = tl.where(empty, float("inf"), -1.0)
     xmax = tl.where(empty, 0.0, xmax)
     if ON_CHIP:
         z = am1[:, None] * (x - xmax[:, None])
 
-    t = tl.where(empty, float("inf"), -1.0)
-    lo = t
+    lo = tl.where(empty, float("inf"), -1.0)
     hi = tl.where(empty, float("inf"), 0.0)
     prev = tl.full([ROWS], -1.0, tl.float32)
     done = empty
@@ -237,10 +254,11 @@ def entmax_forward(x: torch.Tensor, alpha: float, row_alpha=None, launch=_identi
         return p
     rows, block, on_chip, num_warps = _row_config(N)
     per_row = row_alpha is not None
+    mode = alpha_mode(alpha, per_row)
     launch(adasplash_entmax_fwd)[(triton.cdiv(R, rows),)](
         x, p, row_alpha if per_row else x, x.stride(0), p.stride(0), R, N, float(alpha),
-        ALPHA_MODE=alpha_mode(alpha, per_row), PER_ROW_ALPHA=per_row, ROWS=rows, BLOCK=block,
-        ON_CHIP=on_chip, MAX_STEPS=MAX_STEPS, num_warps=num_warps,
+        ALPHA_MODE=mode, PER_ROW_ALPHA=per_row, ROWS=rows, BLOCK=block, ON_CHIP=on_chip,
+        HISTOGRAM=on_chip and mode in HISTOGRAM_MODES, MAX_STEPS=MAX_STEPS, num_warps=num_warps,
     )
     return p
 

@@ -30,6 +30,23 @@ def _spread(x):
 
 
 @triton.jit
+def bin_words(s, top, c):
+    """Per score, 1 << 8 j for its bin j: round(top - c s) = j < BINS, else 0 (top = round(c m),
+    so c s <= c m < top + 0.5 gives j >= 0); top and c broadcast against s. The bin is read from
+    the low mantissa bits of top - c s + MAGIC. A sum of at most 255 words holds 8-bit counts."""
+    y = s * -c + (top + MAGIC)
+    inside = y < MAGIC + BINS - 0.5
+    shift = ((y.to(tl.int32, bitcast=True) << 3) & 63).to(tl.int64)
+    return tl.where(inside, tl.full([], 1, tl.int64) << shift, 0)
+
+
+@triton.jit
+def add_counts(lo, hi, packed):
+    """Add 8-bit counts (a sum of ``bin_words``) to the 16-bit fields of lo (bins 0-3) and hi."""
+    return lo + _spread(packed & 0xFFFFFFFF), hi + _spread((packed >> 32) & 0xFFFFFFFF)
+
+
+@triton.jit
 def histogram_update(lo, hi, top, s, s_max, m, c):
     """Add the scores s (rows x a x b, a b <= 255, -inf where excluded; row max s_max) to the
     counts (s comes in the 3-D shape the caller reduces for its tile maxima: the same layout).
@@ -52,15 +69,8 @@ def histogram_update(lo, hi, top, s, s_max, m, c):
         hi = tl.where(moved >= 4, lo, hi)
         lo = tl.where(moved >= 4, 0, lo)
         hi = tl.where(moved >= 8, 0, hi)
-        # bin of each score: round(top - c s) (>= 0 as c s <= c m < top + 0.5), read from the
-        # low mantissa bits of top - c s + MAGIC
-        y = s * -c + (new_top + MAGIC)[:, None, None]
-        inside = y < MAGIC + BINS - 0.5
-        shift = ((y.to(tl.int32, bitcast=True) << 3) & 63).to(tl.int64)
-        word = tl.where(inside, tl.full([], 1, tl.int64) << shift, 0)
-        packed = tl.sum(tl.sum(word, 2), 1)  # 8-bit fields
-        lo += _spread(packed & 0xFFFFFFFF)
-        hi += _spread((packed >> 32) & 0xFFFFFFFF)
+        words = bin_words(s, new_top[:, None, None], c)
+        lo, hi = add_counts(lo, hi, tl.sum(tl.sum(words, 2), 1))
         top = new_top
     return lo, hi, top
 
@@ -68,8 +78,8 @@ def histogram_update(lo, hi, top, s, s_max, m, c):
 @triton.jit
 def histogram_start(lo, hi, top, m, c, k, ALPHA_MODE: tl.constexpr):
     """Per row, the root t0 of sum_j hist_j [e_j - t]_+^k = 1 with e_j the bin midpoints in z
-    and hist_j the counts of ``histogram_update`` (see the module docstring), clamped to [-1, 0);
-    inf for rows with no score (m = -inf)."""
+    and hist_j the counts in lo and hi (see the module docstring), clamped to [-1, 0); inf for
+    rows with no score (m = -inf). c and k: scalars or one per row."""
     jj = tl.arange(0, BINS)[None, :]
     word = tl.where(jj < 4, lo[:, None], hi[:, None])
     hist = ((word >> (16 * (jj % 4)).to(tl.int64)) & 0xFFFF).to(tl.float32)
@@ -88,8 +98,9 @@ def histogram_start(lo, hi, top, m, c, k, ALPHA_MODE: tl.constexpr):
     else:
         i = tl.arange(0, BINS).to(tl.float32)[None, :, None]
         d = tl.maximum(e[:, :, None] - below[:, None, :], 0.0)  # (row, member bin, prefix)
-        f_below = tl.sum(tl.where(i <= j[:, None, :], hist[:, :, None] * tl.exp2(k * tl.log2(
-            tl.maximum(d, 1e-30))), 0.0), 1)
+        k_row = k + tl.zeros_like(m)
+        power = tl.exp2(tl.reshape(k_row, (m.shape[0], 1, 1)) * tl.log2(tl.maximum(d, 1e-30)))
+        f_below = tl.sum(tl.where(i <= j[:, None, :], hist[:, :, None] * power, 0.0), 1)
     p = tl.sum(((f_below < 1.0) & (j < BINS - 1)).to(tl.float32), 1)[:, None]
     in_prefix = j <= p
     if ALPHA_MODE == 1:
@@ -102,7 +113,7 @@ def histogram_start(lo, hi, top, m, c, k, ALPHA_MODE: tl.constexpr):
         t = tl.sum(tl.where(j == p, below, 0.0), 1)
         for _step in tl.static_range(NEWTON_STEPS):
             d = tl.maximum(e - t[:, None], 1e-30)
-            dk = tl.where(in_prefix, hist * tl.exp2(k * tl.log2(d)), 0.0)
+            dk = tl.where(in_prefix, hist * tl.exp2(k_row[:, None] * tl.log2(d)), 0.0)
             f = tl.sum(dk, 1)
             slope = tl.sum(dk / d, 1)
             t += (f - tl.exp2((1.0 - 1.0 / k) * tl.log2(tl.maximum(f, 1e-30)))) / slope
