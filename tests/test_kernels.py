@@ -294,7 +294,7 @@ def test_attention_backward_without_keys():
 
 ROW_CASES = [
     (7, 1.5), (100, 1.5), (1000, 1.5), (100, 2.0), (300, 1.3), (300, 2.7), (5000, 1.5),
-    (5000, 1.3),
+    (9000, 1.3),  # a histogram start
 ]
 
 
@@ -317,12 +317,13 @@ def test_entmax_rows(oracle, n, alpha):
     assert (dx[2] == 0).all()
 
 
-@pytest.mark.parametrize("on_chip", [True, False])
-def test_entmax_rows_per_row_alpha(on_chip, monkeypatch):
-    """Per-row alpha with its gradient, on chip and streamed in chunks (long rows)."""
-    if not on_chip:
+@pytest.mark.parametrize("layout", ["on chip", "on chip, histogram start", "streamed"])
+def test_entmax_rows_per_row_alpha(layout, monkeypatch):
+    """Per-row alpha with its gradient, on chip (with either start) and streamed in chunks."""
+    if layout == "streamed":
         monkeypatch.setattr(entmax_rows, "MAX_ON_CHIP", 64)
         monkeypatch.setattr(entmax_rows, "STREAM_BLOCK", 64)
+    monkeypatch.setattr(entmax_rows, "HISTOGRAM_MIN_BLOCK", 16 if "histogram" in layout else 1 << 30)
     x = torch.randn(5, 300, device=DEV) * 2
     ra = torch.rand(5, device=DEV) + 1.1
     p = entmax_rows.entmax_forward(x, 1.5, ra)
@@ -335,6 +336,19 @@ def test_entmax_rows_per_row_alpha(on_chip, monkeypatch):
     exp_dx, exp_da = torch.autograd.grad(ref, (xs, a), g.double())
     torch.testing.assert_close(dx.double(), exp_dx, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(da.double(), exp_da, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.3])
+def test_entmax_rows_histogram_start(oracle, alpha, monkeypatch):
+    """Rows that start from the histogram (every alpha here, short rows too) reach the oracle,
+    with rows of only -inf and rows whose max stands far above the rest."""
+    monkeypatch.setattr(entmax_rows, "HISTOGRAM_MODES", (0, 1, 2))
+    monkeypatch.setattr(entmax_rows, "HISTOGRAM_MIN_BLOCK", 16)
+    x = torch.randn(6, 700, device=DEV) * 2
+    x[1] = -math.inf
+    x[2, 5] = 40.0
+    p = entmax_rows.entmax_forward(x, alpha)
+    torch.testing.assert_close(p.double(), oracle.entmax(x, alpha), rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.7])
