@@ -23,8 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import (LIST_CHUNK, TILE, _append, _interior_tiles, _live_list, dot_precision,
-                           mask_4d)
+from .attention_fwd import LIST_CHUNK, TILE, _append, _live_list, dot_precision, mask_4d
 from .entmax_rows import alpha_mode
 from .tiles import load_tile, shift_scores, shifted_scores
 
@@ -52,16 +51,6 @@ def _row_stats(RowMax, Tau, rows, valid):
 
 
 @triton.jit
-def _count_below(List, n, bound, CHUNK: tl.constexpr):
-    """How many of List[:n] are below bound (an ascending list: they come first)."""
-    count = tl.full([], 0, tl.int32)
-    for c in range(0, n, CHUNK):
-        i = c + tl.arange(0, CHUNK)
-        count += tl.sum((tl.load(List + i, mask=i < n, other=bound) < bound).to(tl.int32), 0)
-    return count
-
-
-@triton.jit
 def _alpha_minus_one(HeadAlpha, h, alpha, HEAD_ALPHA: tl.constexpr):
     if HEAD_ALPHA:
         return tl.load(HeadAlpha + h).to(tl.float32) - 1.0
@@ -81,7 +70,6 @@ def adasplash_attention_bwd_dq(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, NEED_DALPHA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    LIST_CHUNK: tl.constexpr,
 ):
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
     alpha = tl.cast(alpha, tl.float32)
@@ -107,9 +95,6 @@ def adasplash_attention_bwd_dq(
     block = bh.to(tl.int64) * tl.num_programs(0) + pid_m
     n_live = tl.load(KCount + block)
     KList += block * n_blocks_n
-    # the interior key tiles (no range or causal check, ``_interior_tiles``) come first
-    n_int = _count_below(KList, n_live, _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL),
-                         LIST_CHUNK)
 
     # pass 1: delta = sum u dP / sum u (and the sums of dalpha)
     su = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -117,22 +102,21 @@ def adasplash_attention_bwd_dq(
     spdp = tl.zeros([BLOCK_M], tl.float32)
     splogpdp = tl.zeros([BLOCK_M], tl.float32)
     ent = tl.zeros([BLOCK_M], tl.float32)
-    for edge in tl.static_range(2):
-        for j in range(n_int if edge else 0, n_live if edge else n_int):
-            offs_n = tl.load(KList + j) * BLOCK_N + offs_b
-            x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                               stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t,
-                               IS_CAUSAL, MASK_KIND, PRECISION, edge == 1)
-            p, u = _p_and_u(x, k, ALPHA_MODE)
-            vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
-            dp = tl.dot(do, vt, input_precision=PRECISION)
-            su += u
-            sudp += u * dp
-            if NEED_DALPHA:
-                plogp = tl.where(p > 0, p * tl.log(tl.maximum(p, 1e-30)), 0.0)
-                spdp += tl.sum(p * dp, 1)
-                splogpdp += tl.sum(plogp * dp, 1)
-                ent += tl.sum(plogp, 1)
+    for j in range(0, n_live):
+        offs_n = tl.load(KList + j) * BLOCK_N + offs_b
+        x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
+                           stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t,
+                           IS_CAUSAL, MASK_KIND, PRECISION, True)
+        p, u = _p_and_u(x, k, ALPHA_MODE)
+        vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
+        dp = tl.dot(do, vt, input_precision=PRECISION)
+        su += u
+        sudp += u * dp
+        if NEED_DALPHA:
+            plogp = tl.where(p > 0, p * tl.log(tl.maximum(p, 1e-30)), 0.0)
+            spdp += tl.sum(p * dp, 1)
+            splogpdp += tl.sum(plogp * dp, 1)
+            ent += tl.sum(plogp, 1)
     su = tl.sum(su, 1)
     sudp = tl.sum(sudp, 1)
     delta = sudp / tl.where(su > 0, su, 1.0)
@@ -143,17 +127,16 @@ def adasplash_attention_bwd_dq(
 
     # pass 2: dq = scale dS k (one load of the key tile serves both products)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for edge in tl.static_range(2):
-        for j in range(n_int if edge else 0, n_live if edge else n_int):
-            offs_n = tl.load(KList + j) * BLOCK_N + offs_b
-            kb = load_tile(K + k_base, offs_n, offs_d, stride_kn, stride_kd, Nk, D)
-            x = shift_scores(tl.dot(q, tl.trans(kb), input_precision=PRECISION), Mask, mask_base,
-                             offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale, am1, m, t,
-                             IS_CAUSAL, MASK_KIND, edge == 1)
-            p, u = _p_and_u(x, k, ALPHA_MODE)
-            vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
-            ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
-            dq += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
+    for j in range(0, n_live):
+        offs_n = tl.load(KList + j) * BLOCK_N + offs_b
+        kb = load_tile(K + k_base, offs_n, offs_d, stride_kn, stride_kd, Nk, D)
+        x = shift_scores(tl.dot(q, tl.trans(kb), input_precision=PRECISION), Mask, mask_base,
+                         offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale, am1, m, t,
+                         IS_CAUSAL, MASK_KIND, True)
+        p, u = _p_and_u(x, k, ALPHA_MODE)
+        vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
+        ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
+        dq += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
     tl.store(DQ + rows[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < D))
 
@@ -170,7 +153,6 @@ def adasplash_attention_bwd_dkdv(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    LIST_CHUNK: tl.constexpr,
 ):
     scale = tl.cast(scale, tl.float32)
     alpha = tl.cast(alpha, tl.float32)
@@ -194,32 +176,23 @@ def adasplash_attention_bwd_dkdv(
     block = bh.to(tl.int64) * tl.num_programs(0) + pid_n
     n_live = tl.load(QCount + block)
     QList += block * n_blocks_m
-    # the query tiles [q_lo, q_hi) need no range or causal check: every row in range and, if
-    # causal, at or after the last key of this tile, whose keys are all in range
-    q_lo = (pid_n * BLOCK_N + BLOCK_N - 1 + BLOCK_M - 1) // BLOCK_M if IS_CAUSAL else 0
-    q_hi = tl.where((pid_n + 1) * BLOCK_N <= Nk, tl.maximum(Nq // BLOCK_M, q_lo), q_lo)
-    n_lo = _count_below(QList, n_live, q_lo, LIST_CHUNK)
-    n_hi = _count_below(QList, n_live, q_hi, LIST_CHUNK)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
-    for part in tl.static_range(3):  # edge tiles, interior tiles, edge tiles
-        start = 0 if part == 0 else (n_lo if part == 1 else n_hi)
-        end = n_lo if part == 0 else (n_hi if part == 1 else n_live)
-        for j in range(start, end):
-            offs_m = tl.load(QList + j) * BLOCK_M + offs_b
-            rows = bh.to(tl.int64) * Nq + offs_m
-            q = load_tile(Q + q_base, offs_m, offs_d, stride_qm, stride_qd, Nq, D)
-            do = load_tile(DO + o_base, offs_m, offs_dv, stride_om, stride_od, Nq, DV)
-            m, t = _row_stats(RowMax, Tau, rows, offs_m < Nq)
-            delta = tl.load(Delta + rows, mask=offs_m < Nq, other=0.0)
-            x = shift_scores(tl.dot(q, kt, input_precision=PRECISION), Mask, mask_base, offs_m,
-                             offs_n, stride_mm, stride_mn, Nq, Nk, scale, am1, m, t,
-                             IS_CAUSAL, MASK_KIND, part != 1)
-            p, u = _p_and_u(x, k, ALPHA_MODE)
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
-            ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
-            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+    for j in range(0, n_live):
+        offs_m = tl.load(QList + j) * BLOCK_M + offs_b
+        rows = bh.to(tl.int64) * Nq + offs_m
+        q = load_tile(Q + q_base, offs_m, offs_d, stride_qm, stride_qd, Nq, D)
+        do = load_tile(DO + o_base, offs_m, offs_dv, stride_om, stride_od, Nq, DV)
+        m, t = _row_stats(RowMax, Tau, rows, offs_m < Nq)
+        delta = tl.load(Delta + rows, mask=offs_m < Nq, other=0.0)
+        x = shift_scores(tl.dot(q, kt, input_precision=PRECISION), Mask, mask_base, offs_m,
+                         offs_n, stride_mm, stride_mn, Nq, Nk, scale, am1, m, t,
+                         IS_CAUSAL, MASK_KIND, True)
+        p, u = _p_and_u(x, k, ALPHA_MODE)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
     cols = bh.to(tl.int64) * Nk + offs_n
     tl.store(DK + cols[:, None] * D + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=(offs_n[:, None] < Nk) & (offs_d[None, :] < D))
@@ -360,14 +333,13 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
         launch(adasplash_attention_bwd_dq)[(k_count.shape[-1], B * Hq)](
             q, k, v, do, mask, ha, row_max, tau, k_list, k_count, dq, delta, da_rows, *strides,
             Hq, G, Nq, Nk, D, DV, n_tn, scale, float(alpha), NEED_DALPHA=need_alpha_grad,
-            BLOCK_M=bm_q, BLOCK_N=TILE, LIST_CHUNK=LIST_CHUNK, **common,
-            num_warps=8 if bm_q > TILE else 4,
+            BLOCK_M=bm_q, BLOCK_N=TILE, **common, num_warps=8 if bm_q > TILE else 4,
             num_stages=1 if small else 2,
         )
         launch(adasplash_attention_bwd_dkdv)[(n_tn, B * Hq)](
             q, k, v, do, mask, ha, row_max, tau, delta, q_list, q_count, dk, dv, *strides,
             Hq, G, Nq, Nk, D, DV, n_tm, scale, float(alpha),
-            BLOCK_M=TILE, BLOCK_N=TILE, LIST_CHUNK=LIST_CHUNK, **common, num_warps=4,
+            BLOCK_M=TILE, BLOCK_N=TILE, **common, num_warps=4,
             num_stages=1 if small else 2,
         )
     if G > 1:

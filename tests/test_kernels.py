@@ -229,10 +229,8 @@ def test_attention_forward_block_sizes(oracle, block_m, monkeypatch):
 BACKWARD_CASES = {
     "plain": {},
     "causal, several blocks": dict(Nq=150, Nk=150, causal=True, scale=2.0),
-    # tiles with no range or causal check: dq's key tiles before the block, dk/dv's query tiles
-    # after the key tile
-    "causal, interior tiles": dict(Nq=330, Nk=300, causal=True),
-    "interior tiles, Nq < Nk": dict(Nq=260, Nk=390),
+    "causal, Nq > Nk, more blocks": dict(Nq=330, Nk=300, causal=True),
+    "Nq < Nk, more blocks": dict(Nq=260, Nk=390),
     "sparsemax": dict(alpha=2.0),
     "alpha 1.3": dict(alpha=1.3),
     "bool mask": dict(mask="bool"),
