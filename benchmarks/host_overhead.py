@@ -13,7 +13,6 @@ on ``inputs.attention_inputs`` (causal, bf16).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import inputs
-from .timing import environment
+from .timing import save_rows, table_row
 
 # seq, batch, input scale a: the quick preset's calibrated points for block sparsity 0.9 and 0.95
 DEFAULT_POINTS = ((4096, 4, 13.45), (4096, 4, 32.0), (16384, 1, 12.34))
@@ -101,11 +100,9 @@ def main(argv=None) -> None:
                                                   "sdpa reduce-overhead")]
         cells += [f"{ms['ours eager'] / ms['sdpa eager']:.2f}",
                   f"{ms['ours reduce-overhead'] / ms['sdpa reduce-overhead']:.2f}"]
-        print("| " + " | ".join(cells) + " |", flush=True)
+        print(table_row(cells), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "env": environment(torch.device("cuda")), "rows": rows},
-                      f, indent=1)
+        save_rows(args.json, args, rows)
 
 
 if __name__ == "__main__":

@@ -9,20 +9,19 @@ kernels on the same warm machine (run it once per checkout, same arguments).
 
     python -m benchmarks.kernel_times                         # causal, N = 16k, B = 1, H = 16, D = 128
     python -m benchmarks.kernel_times --scales 0 10.8 --json times.json
-    python -m benchmarks.kernel_times --alpha 2 --forward-only       # another alpha, forward kernels only
+    python -m benchmarks.kernel_times --alpha 2 --forward-only  # another alpha, forward kernels
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
 
 from . import inputs
-from .timing import environment
+from .timing import save_rows, table_row
 
 # the input scales the quick benchmark calibrated for block sparsity 0, .5, .75, .9, .95 at N = 16k
 DEFAULT_SCALES = (0.0, 8.0, 9.31, 10.83, 12.34)
@@ -74,8 +73,10 @@ def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int
         F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     times: dict[str, float] = defaultdict(float)
-    parts = (("fwd", forward), ("bwd", backward_pass), ("sdpa_fwd", sdpa_fwd))
-    for part, fn in parts if backward else parts[::2]:
+    parts = [("fwd", forward), ("sdpa_fwd", sdpa_fwd)]
+    if backward:
+        parts.append(("bwd", backward_pass))
+    for part, fn in parts:
         for name, ms in _device_ms(fn, reps).items():
             times[f"{part}:{_short(name)}"] += ms
     return {
@@ -104,18 +105,16 @@ def main(argv=None) -> None:
     rows = [measure(args.seq, args.batch, args.heads, args.head_dim, a, args.reps, args.seed,
                     args.alpha, not args.forward_only) for a in args.scales]
     names = sorted({name for row in rows for name in row["ms"]})
-    print(f"causal bf16 alpha {args.alpha:g}, B={args.batch} H={args.heads} N={args.seq} D={args.head_dim};"
-          " device ms per call")
+    print(f"causal bf16 alpha {args.alpha:g}, B={args.batch} H={args.heads} N={args.seq} "
+          f"D={args.head_dim}; device ms per call")
     print("| a | block sparsity | passes | output-pass tiles | " + " | ".join(names) + " |")
     print("|---" * (4 + len(names)) + "|")
     for row in rows:
         cells = [f"{row['a']:g}", f"{row['block_sparsity']:.3f}", f"{row['passes']:.2f}",
                  f"{row['live_fraction']:.3f}"] + [f"{row['ms'].get(n, 0.0):.3f}" for n in names]
-        print("| " + " | ".join(cells) + " |")
+        print(table_row(cells))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "env": environment(torch.device("cuda")), "rows": rows},
-                      f, indent=1)
+        save_rows(args.json, args, rows)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import re
 import statistics
@@ -104,6 +105,18 @@ def environment(device: torch.device) -> dict:
         "commit": _git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def table_row(cells) -> str:
+    """One markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def save_rows(path: str, args, rows: list, device: str = "cuda") -> None:
+    """Write a tool's rows as JSON, with its arguments and the ``environment`` of device."""
+    with open(path, "w") as f:
+        json.dump({"args": vars(args), "env": environment(torch.device(device)), "rows": rows}, f,
+                  indent=1)
 
 
 def file_tag(env: dict) -> str:

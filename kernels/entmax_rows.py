@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .histogram import BINS, add_counts, bin_words, histogram_start
+from .histogram import BINS, histogram_counts, histogram_start
 from .threshold import entmax_power, threshold_stats, threshold_step, threshold_terms
 
 MAX_ON_CHIP = 16384
@@ -80,16 +80,10 @@ def adasplash_entmax_fwd(
         xmax = tl.max(xacc, 1)
     empty = xmax == ninf
     if HISTOGRAM:
-        # a start within one bin of tau from the counts of x near its max (``histogram.py``),
-        # chunks of at most 128 scores per 8-bit count
+        # a start within one bin of tau from the counts of x near its max (``histogram.py``)
         c = BINS * am1
-        top = tl.floor(xmax * c + 0.5)
-        chunk: tl.constexpr = min(BLOCK, 128)
-        words = bin_words(tl.reshape(x, (ROWS, BLOCK // chunk, chunk)), top[:, None, None],
-                          c[:, None, None])
-        zero = tl.zeros([ROWS, BLOCK // chunk], tl.int64)
-        lo, hi = add_counts(zero, zero, tl.sum(words, 2))
-        t = histogram_start(tl.sum(lo, 1), tl.sum(hi, 1), top, xmax, c, k, ALPHA_MODE)
+        lo, hi, top = histogram_counts(x, xmax, c)
+        t = histogram_start(lo, hi, top, xmax, c, k, ALPHA_MODE)
     else:
         t = tl.where(empty, float("inf"), -1.0)
     xmax = tl.where(empty, 0.0, xmax)

@@ -30,6 +30,12 @@ def _spread(x):
 
 
 @triton.jit
+def grid_top(m, c):
+    """round(c m): the grid index of the top bin for the row max m."""
+    return tl.floor(m * c + 0.5)
+
+
+@triton.jit
 def bin_words(s, top, c):
     """Per score, 1 << 8 j for its bin j: round(top - c s) = j < BINS, else 0 (top = round(c m),
     so c s <= c m < top + 0.5 gives j >= 0); top and c broadcast against s. The bin is read from
@@ -58,7 +64,7 @@ def histogram_update(lo, hi, top, s, s_max, m, c):
     # Nothing to do unless some score lies in a bin (most do not where attention is local): a
     # moved max always does, as the new max lies in the top bin.
     if tl.max((s_max * c > m * c - BINS).to(tl.int32), 0) > 0:
-        new_top = tl.floor(m * c + 0.5)
+        new_top = grid_top(m, c)
         # the grid stays: counts move down by the whole bins the max moved (inf or nan where
         # there were no scores yet: the counts are 0 there)
         moved = tl.where(new_top - top >= 0, tl.minimum(new_top - top, 8.0), 8.0).to(tl.int32)
@@ -73,6 +79,20 @@ def histogram_update(lo, hi, top, s, s_max, m, c):
         lo, hi = add_counts(lo, hi, tl.sum(tl.sum(words, 2), 1))
         top = new_top
     return lo, hi, top
+
+
+@triton.jit
+def histogram_counts(s, m, c):
+    """(lo, hi, top) as ``histogram_update`` leaves them, at once for scores s (rows x n, n a
+    power of two) whose row max m is known, in chunks of at most 128; c: scalar or per row."""
+    chunk: tl.constexpr = min(s.shape[1], 128)
+    top = grid_top(m, c)
+    c_row = c + tl.zeros_like(m)
+    words = bin_words(tl.reshape(s, (s.shape[0], s.shape[1] // chunk, chunk)), top[:, None, None],
+                      c_row[:, None, None])
+    zero = tl.zeros([s.shape[0], s.shape[1] // chunk], tl.int64)
+    lo, hi = add_counts(zero, zero, tl.sum(words, 2))
+    return tl.sum(lo, 1), tl.sum(hi, 1), top
 
 
 @triton.jit

@@ -134,3 +134,19 @@ def test_pass_counter_reports_the_kernels_passes_and_errors(capsys):
     assert 0 < r["block_sparsity"] < 1
     passes.main(["--seq", "128", "--head-dim", "16", "--heads", "1", "--alphas", "2", "--scales", "5"])
     assert "| 2 | 5 |" in capsys.readouterr().out
+
+
+def test_save_rows_records_arguments_environment_and_rows(tmp_path):
+    """The JSON of the GPU tools (kernel_times, host_overhead): their arguments, the machine and
+    the rows, as written."""
+    import argparse
+
+    from benchmarks.timing import save_rows, table_row
+
+    path = tmp_path / "rows.json"
+    rows = [{"a": 1.5, "ms": {"fwd": 2.0}}]
+    save_rows(str(path), argparse.Namespace(seq=128, alpha=1.3), rows, device="cpu")
+    saved = json.loads(path.read_text())
+    assert saved["args"] == {"seq": 128, "alpha": 1.3} and saved["rows"] == rows
+    assert saved["env"]["torch"] == torch.__version__ and saved["env"]["card"].startswith("cpu")
+    assert table_row(["1", "0.5"]) == "| 1 | 0.5 |"
