@@ -54,7 +54,8 @@ def entmax_attention(
 
 def attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, alpha: Alpha) -> torch.Tensor:
     """The ``adasplash::entmax_attention`` output for checked arguments (no validation, so that it
-    also traces on fake tensors): a fresh dropout seed per call, a tensor alpha as head_alpha."""
+    also traces on fake tensors): a fresh dropout seed per call, a tensor alpha as head_alpha, and
+    the backward's u_out kept when autograd will want it."""
     seed = None
     if dropout_p > 0:
         seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=query.device)
@@ -62,8 +63,14 @@ def attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, alph
     alpha_f = 1.5 if head_alpha is not None else float(alpha)
     scale_f = None if scale is None else float(scale)
     return torch.ops.adasplash.entmax_attention(
-        query, key, value, attn_mask, float(dropout_p), is_causal, scale_f, alpha_f, head_alpha, seed
+        query, key, value, attn_mask, float(dropout_p), is_causal, scale_f, alpha_f, head_alpha, seed,
+        needs_backward(query, key, value),
     )[0]
+
+
+def needs_backward(*tensors: torch.Tensor) -> bool:
+    """Will autograd record a call on these tensors (grad mode on, one of them requires grad)?"""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def attention_stats(

@@ -16,6 +16,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from . import patterns
+from .functional import needs_backward
 from .marking import enclosing
 from .patterns import Match, ModuleMatch, Operand, Skip
 from .report import GraphReport, Site
@@ -107,8 +108,10 @@ def emit_attention(gm: GraphModule, m: Match) -> None:
     seed = None
     if m.dropout_p > 0:
         seed = em.call(torch.randint, 0, 2**31 - 1, (1,), dtype=torch.int64, device=example(q).device)
+    # the backward's u_out where autograd will record the call (grad mode is guarded by Dynamo)
+    for_backward = needs_backward(*(example(x) for x in (q, k, v)))
     res = em.call(torch.ops.adasplash.entmax_attention.default, q, k, v, mask, float(m.dropout_p),
-                  m.is_causal, m.scale, alpha, head_alpha, seed)
+                  m.is_causal, m.scale, alpha, head_alpha, seed, for_backward)
     out = em.call(operator.getitem, res, 0)
     if m.mask.uniform_rows is not None:
         # Rows the finite fill masks entirely are constant: softmax and entmax are uniform there.

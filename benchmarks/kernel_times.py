@@ -57,17 +57,18 @@ def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int
     q, k, v = inputs.attention_inputs(batch, heads, seq, head_dim, a, dtype=torch.bfloat16,
                                       device="cuda", seed=seed)
     dout = torch.randn_like(q)
-    out, tau, row_max, tile_max, stats = attention_fwd.attention_forward(
-        q, k, v, None, True, None, alpha, None, stats=True)
+    out, tau, row_max, tile_max, u_out, stats = attention_fwd.attention_forward(
+        q, k, v, None, True, None, alpha, None, for_backward=backward, stats=True)
     absolute_tau = tau + (alpha - 1) * row_max
     sparsity = inputs.block_sparsity(q, k, causal=True, alpha=alpha, tau=absolute_tau)
 
-    def forward():
-        attention_fwd.attention_forward(q, k, v, None, True, None, alpha, None)
+    def forward():  # with what a training step keeps for the backward, unless forward-only
+        attention_fwd.attention_forward(q, k, v, None, True, None, alpha, None,
+                                        for_backward=backward)
 
     def backward_pass():
         attention_bwd.attention_backward(dout, q, k, v, tau, row_max, tile_max, None, True, None,
-                                         alpha)
+                                         alpha, u_out=u_out)
 
     def sdpa_fwd():
         F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -28,8 +28,8 @@ def count_passes(seq: int, head_dim: int, heads: int, alpha: float, a: float, se
 
     q, k, v = inputs.attention_inputs(1, heads, seq, head_dim, a, dtype=torch.float32,
                                       device="cuda" if torch.cuda.is_available() else "cpu", seed=seed)
-    out, tau, row_max, _, stats = attention_fwd.attention_forward(q, k, v, None, True, None, alpha,
-                                                                  None, stats=True)
+    out, tau, row_max, _, _, stats = attention_fwd.attention_forward(q, k, v, None, True, None,
+                                                                     alpha, None, stats=True)
     ref_out, ref_tau, *_ = reference.attention_forward(q, k, v, None, 0.0, True, None, alpha, None, None)
     absolute_tau = tau + (alpha - 1) * row_max  # the kernels' tau is relative to (alpha - 1) row_max
     passes = stats[..., 0]

@@ -11,8 +11,10 @@ p = d^k (k = 1 / (alpha - 1)), u = p^(2 - alpha) = d^(k - 1) on the support and 
 Only the (query block, key tile) pairs that the forward's tile table marks live are visited:
 ``live_lists`` lists them per query block and per key tile in two small kernels (``live_blocks``
 states the same rule in torch). ``adasplash_attention_bwd_dq`` (one program per query block)
-makes a first pass for delta (and dalpha), then one for dq; ``adasplash_attention_bwd_dkdv``
-(one program per key tile and query head) accumulates dk, dv.
+reads delta = sum_j u_ij dO_i v_j / sum_j u_ij = rowsum(dO u_out) off the forward's u_out, or
+makes a first pass over the tiles for it (and for dalpha), then one for dq, whose interior key
+tiles skip the range and causal checks; ``adasplash_attention_bwd_dkdv`` (one program per key
+tile and query head) accumulates dk, dv.
 Every output element is written by one program: the results are bitwise reproducible. With
 grouped-query attention, dk and dv are written per query head and summed over each group.
 """
@@ -23,22 +25,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import LIST_CHUNK, TILE, _append, _live_list, dot_precision, mask_4d
+from .attention_fwd import (LIST_CHUNK, TILE, _append, _interior_tiles, _live_list, dot_precision,
+                           mask_4d)
 from .entmax_rows import alpha_mode
+from .threshold import p_and_u
 from .tiles import load_tile, shift_scores, shifted_scores
-
-
-@triton.jit
-def _p_and_u(x, k, ALPHA_MODE: tl.constexpr):
-    """p = d^k and u = d^(k-1) on the support, d = [x]_+, x = (alpha - 1)(s - m) - tau."""
-    d = tl.maximum(x, 0.0)
-    if ALPHA_MODE == 1:
-        return d * d, d
-    elif ALPHA_MODE == 2:
-        return d, (d > 0).to(tl.float32)
-    else:
-        u = tl.where(d > 0, tl.exp2((k - 1.0) * tl.log2(tl.maximum(d, 1e-30))), 0.0)
-        return d * u, u
 
 
 @triton.jit
@@ -51,6 +42,16 @@ def _row_stats(RowMax, Tau, rows, valid):
 
 
 @triton.jit
+def _count_below(List, n, bound, CHUNK: tl.constexpr):
+    """How many of List[:n] are below bound (an ascending list: they come first)."""
+    count = tl.full([], 0, tl.int32)
+    for c in range(0, n, CHUNK):
+        i = c + tl.arange(0, CHUNK)
+        count += tl.sum((tl.load(List + i, mask=i < n, other=bound) < bound).to(tl.int32), 0)
+    return count
+
+
+@triton.jit
 def _alpha_minus_one(HeadAlpha, h, alpha, HEAD_ALPHA: tl.constexpr):
     if HEAD_ALPHA:
         return tl.load(HeadAlpha + h).to(tl.float32) - 1.0
@@ -60,7 +61,7 @@ def _alpha_minus_one(HeadAlpha, h, alpha, HEAD_ALPHA: tl.constexpr):
 
 @triton.jit
 def adasplash_attention_bwd_dq(
-    Q, K, V, DO, Mask, HeadAlpha, RowMax, Tau, KList, KCount, DQ, Delta, DAlphaRow,
+    Q, K, V, DO, UOut, Mask, HeadAlpha, RowMax, Tau, KList, KCount, DQ, Delta, DAlphaRow,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -69,7 +70,9 @@ def adasplash_attention_bwd_dq(
     Hq, G, Nq, Nk, D, DV, n_blocks_n, scale, alpha,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, NEED_DALPHA: tl.constexpr,
+    DELTA_FROM_U: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    LIST_CHUNK: tl.constexpr,
 ):
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
     alpha = tl.cast(alpha, tl.float32)
@@ -96,7 +99,46 @@ def adasplash_attention_bwd_dq(
     n_live = tl.load(KCount + block)
     KList += block * n_blocks_n
 
-    # pass 1: delta = sum u dP / sum u (and the sums of dalpha)
+    if DELTA_FROM_U:
+        # delta = sum u dO v / sum u = rowsum(dO u_out): no pass over the tiles
+        u_out = load_tile(UOut + bh.to(tl.int64) * Nq * DV, offs_m, offs_dv, DV, 1, Nq, DV)
+        delta = tl.sum(do.to(tl.float32) * u_out.to(tl.float32), 1)
+    else:
+        delta = _delta_pass(q, do, K, V, Mask, KList, n_live, k_base, v_base, mask_base, offs_m,
+                            offs_b, offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd,
+                            stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k, DAlphaRow,
+                            rows, IS_CAUSAL, MASK_KIND, ALPHA_MODE, PRECISION, NEED_DALPHA,
+                            BLOCK_M, BLOCK_N)
+    tl.store(Delta + rows, delta, mask=offs_m < Nq)
+
+    # dq = scale dS k (one load of the key tile serves both products); the interior key tiles
+    # (no range or causal check, ``_interior_tiles``) come first in the ascending list
+    n_int = _count_below(KList, n_live, _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL),
+                         LIST_CHUNK)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for edge in tl.static_range(2):
+        for j in range(n_int if edge else 0, n_live if edge else n_int):
+            offs_n = tl.load(KList + j) * BLOCK_N + offs_b
+            kb = load_tile(K + k_base, offs_n, offs_d, stride_kn, stride_kd, Nk, D)
+            x = shift_scores(tl.dot(q, tl.trans(kb), input_precision=PRECISION), Mask, mask_base,
+                             offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale, am1, m, t,
+                             IS_CAUSAL, MASK_KIND, edge == 1)
+            p, u = p_and_u(x, k, ALPHA_MODE)
+            vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
+            ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
+            dq += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
+    tl.store(DQ + rows[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _delta_pass(q, do, K, V, Mask, KList, n_live, k_base, v_base, mask_base, offs_m, offs_b,
+                offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
+                Nq, Nk, D, DV, scale, am1, m, t, k, DAlphaRow, rows, IS_CAUSAL: tl.constexpr,
+                MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr, PRECISION: tl.constexpr,
+                NEED_DALPHA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """delta = sum u dP / sum u by a pass over the live key tiles; if NEED_DALPHA, also the
+    per-row dalpha (stored to DAlphaRow)."""
     su = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     sudp = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     spdp = tl.zeros([BLOCK_M], tl.float32)
@@ -107,7 +149,7 @@ def adasplash_attention_bwd_dq(
         x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
                            stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t,
                            IS_CAUSAL, MASK_KIND, PRECISION, True)
-        p, u = _p_and_u(x, k, ALPHA_MODE)
+        p, u = p_and_u(x, k, ALPHA_MODE)
         vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
         dp = tl.dot(do, vt, input_precision=PRECISION)
         su += u
@@ -120,25 +162,10 @@ def adasplash_attention_bwd_dq(
     su = tl.sum(su, 1)
     sudp = tl.sum(sudp, 1)
     delta = sudp / tl.where(su > 0, su, 1.0)
-    tl.store(Delta + rows, delta, mask=offs_m < Nq)
     if NEED_DALPHA:
         da = (spdp - delta) / (am1 * am1) - (splogpdp - delta * ent) / am1
         tl.store(DAlphaRow + rows, da, mask=offs_m < Nq)
-
-    # pass 2: dq = scale dS k (one load of the key tile serves both products)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for j in range(0, n_live):
-        offs_n = tl.load(KList + j) * BLOCK_N + offs_b
-        kb = load_tile(K + k_base, offs_n, offs_d, stride_kn, stride_kd, Nk, D)
-        x = shift_scores(tl.dot(q, tl.trans(kb), input_precision=PRECISION), Mask, mask_base,
-                         offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale, am1, m, t,
-                         IS_CAUSAL, MASK_KIND, True)
-        p, u = _p_and_u(x, k, ALPHA_MODE)
-        vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
-        ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
-        dq += tl.dot(ds.to(kb.dtype), kb, input_precision=PRECISION)
-    tl.store(DQ + rows[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=(offs_m[:, None] < Nq) & (offs_d[None, :] < D))
+    return delta
 
 
 @triton.jit
@@ -189,7 +216,7 @@ def adasplash_attention_bwd_dkdv(
         x = shift_scores(tl.dot(q, kt, input_precision=PRECISION), Mask, mask_base, offs_m,
                          offs_n, stride_mm, stride_mn, Nq, Nk, scale, am1, m, t,
                          IS_CAUSAL, MASK_KIND, True)
-        p, u = _p_and_u(x, k, ALPHA_MODE)
+        p, u = p_and_u(x, k, ALPHA_MODE)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         ds = u * (tl.dot(do, vt, input_precision=PRECISION) - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
@@ -299,8 +326,12 @@ DQ_BLOCK_M = 128
 
 
 def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_causal, scale,
-                       alpha, head_alpha=None, need_alpha_grad=False, launch=_identity):
-    """(dq, dk, dv, dalpha or None) of entmax attention (no dropout, no mask gradient)."""
+                       alpha, head_alpha=None, need_alpha_grad=False, u_out=None,
+                       launch=_identity):
+    """(dq, dk, dv, dalpha or None) of entmax attention (no dropout, no mask gradient).
+
+    u_out: the forward's (B, Hq, Nq, DV) u_out, or None (or 0 elements): then the dq kernel makes
+    a first pass over the tiles for delta, as it does when need_alpha_grad."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk, DV = k.shape[1], k.shape[2], v.shape[-1]
     G = Hq // Hkv
@@ -330,10 +361,12 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
         n_tm, n_tn = tile_max.shape[-2:]
         k_list, k_count, q_list, q_count = live_lists(tau, tile_max, alpha, head_alpha, bm_q,
                                                       launch)
+        from_u = u_out is not None and u_out.numel() > 0 and not need_alpha_grad
         launch(adasplash_attention_bwd_dq)[(k_count.shape[-1], B * Hq)](
-            q, k, v, do, mask, ha, row_max, tau, k_list, k_count, dq, delta, da_rows, *strides,
-            Hq, G, Nq, Nk, D, DV, n_tn, scale, float(alpha), NEED_DALPHA=need_alpha_grad,
-            BLOCK_M=bm_q, BLOCK_N=TILE, **common, num_warps=8 if bm_q > TILE else 4,
+            q, k, v, do, u_out.contiguous() if from_u else q, mask, ha, row_max, tau, k_list,
+            k_count, dq, delta, da_rows, *strides, Hq, G, Nq, Nk, D, DV, n_tn, scale,
+            float(alpha), NEED_DALPHA=need_alpha_grad, DELTA_FROM_U=from_u, BLOCK_M=bm_q,
+            BLOCK_N=TILE, LIST_CHUNK=LIST_CHUNK, **common, num_warps=8 if bm_q > TILE else 4,
             num_stages=1 if small else 2,
         )
         launch(adasplash_attention_bwd_dkdv)[(n_tn, B * Hq)](

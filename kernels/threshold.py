@@ -34,6 +34,20 @@ def entmax_power(d, k, ALPHA_MODE: tl.constexpr):
 
 
 @triton.jit
+def p_and_u(x, k, ALPHA_MODE: tl.constexpr):
+    """p = d^k and u = d^(k-1) on the support (0 off it), d = [x]_+, k = 1 / (alpha - 1):
+    the entmax weights and u = p^(2 - alpha), the factor of their gradient."""
+    d = tl.maximum(x, 0.0)
+    if ALPHA_MODE == 1:
+        return d * d, d
+    elif ALPHA_MODE == 2:
+        return d, (d > 0).to(tl.float32)
+    else:
+        u = tl.where(d > 0, tl.exp2((k - 1.0) * tl.log2(tl.maximum(d, 1e-30))), 0.0)
+        return d * u, u
+
+
+@triton.jit
 def threshold_terms(x, ALPHA_MODE: tl.constexpr, k):
     """Elementwise terms of (count, s1, s2, gap) at x = z - t (see the module docstring): the row
     sums of the first three and the row min of the last make the stats. k broadcasts against x

@@ -188,11 +188,16 @@ def entmax_jvp(p: torch.Tensor, g: torch.Tensor, alpha: Alpha) -> torch.Tensor:
     return u * (g - delta)
 
 
-def entmax_alpha_vjp(p: torch.Tensor, g: torch.Tensor, alpha: Alpha) -> torch.Tensor:
-    """sum_j g_j dp_j/dalpha per row (keepdim over the last axis)."""
+def normalized_support_weights(p: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    """uh = u / sum(u) over the last axis (0 on rows with no support)."""
     u = _support_weights(p, alpha)
     usum = u.sum(-1, keepdim=True)
-    uh = u / torch.where(usum > 0, usum, torch.ones_like(usum))
+    return u / torch.where(usum > 0, usum, torch.ones_like(usum))
+
+
+def entmax_alpha_vjp(p: torch.Tensor, g: torch.Tensor, alpha: Alpha) -> torch.Tensor:
+    """sum_j g_j dp_j/dalpha per row (keepdim over the last axis)."""
+    uh = normalized_support_weights(p, alpha)
     plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), 0.0)
     ent = plogp.sum(-1, keepdim=True)
     am1 = alpha - 1.0
@@ -329,20 +334,24 @@ def _seed(dropout_p: float, dropout_seed: Optional[torch.Tensor]) -> int:
 
 def attention_forward(
     q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, alpha=1.5,
-    head_alpha=None, dropout_seed=None,
+    head_alpha=None, dropout_seed=None, for_backward=False,
 ):
-    """(out, tau, row_max, tile_max) of entmax attention (DESIGN.md section 1).
+    """(out, tau, row_max, tile_max, u_out) of entmax attention (DESIGN.md section 1).
 
     With s the masked scaled scores: row_max (B, Hq, Nq) is max_j s_ij (-inf for rows with no
     admissible key), tau (B, Hq, Nq) the threshold relative to it, p = [(alpha-1)(s - row_max) -
     tau]_+^(1/(alpha-1)) (+inf for empty rows). tile_max (B, Hq, ceil(Nq/TILE), ceil(Nk/TILE)) is
     max (s_ij - row_max_i) over each TILE x TILE tile (-inf where all excluded; the kernels may
     store any upper bound of it, and -inf for a tile whose p are all zero): a tile holds a nonzero
-    p only if tile_max > tau_i / (alpha - 1) for one of its rows i.
+    p only if tile_max > tau_i / (alpha - 1) for one of its rows i. u_out (out's shape in the
+    dtype of tau, 0 elements unless for_backward) is sum_j u_ij keep_ij v_j / sum_j u_ij, u = p^(2 - alpha) and
+    keep the dropout scaling, so that the backward's delta = sum_j u_ij dP_ij / sum_j u_ij is
+    rowsum(dO * u_out).
     """
     P = _Problem(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha)
     seed = _seed(dropout_p, dropout_seed)
     out = q.new_empty(P.B, P.Hq, P.Nq, v.shape[-1])
+    u_out = q.new_empty(out.shape if for_backward else (0,), dtype=P.cd)
     tau = q.new_empty((P.B, P.Hq, P.Nq), dtype=P.cd)
     row_max = torch.empty_like(tau)
     tmax = q.new_empty((P.B, P.Hq, -(-P.Nq // TILE), -(-P.Nk // TILE)), dtype=P.cd)
@@ -353,14 +362,18 @@ def attention_forward(
             z, m = relative_scores(s, a)
             t = relative_threshold(z, a)
             p = probabilities(z, t, a)
+            weights = [p] + ([normalized_support_weights(p, a)] if for_backward else [])
             if dropout_p > 0:
-                p = p * P.dropout_keep(seed, r0, p.shape, dropout_p) / (1.0 - dropout_p)
-            o = torch.matmul(p, P.v.to(P.cd))
+                keep = P.dropout_keep(seed, r0, p.shape, dropout_p)
+                weights = [w * keep / (1.0 - dropout_p) for w in weights]
+            o = torch.matmul(weights[0], P.v.to(P.cd))
             out[:, :, r0:r1] = o.flatten(1, 2).to(out.dtype)
+            if for_backward:
+                u_out[:, :, r0:r1] = torch.matmul(weights[1], P.v.to(P.cd)).flatten(1, 2)
             tau[:, :, r0:r1] = t.squeeze(-1).flatten(1, 2)
             row_max[:, :, r0:r1] = m.squeeze(-1).flatten(1, 2)
             tmax[:, :, r0 // TILE: -(-r1 // TILE)] = P.tile_max(s - torch.where(torch.isinf(m), 0.0, m))
-    return out, tau, row_max, tmax
+    return out, tau, row_max, tmax, u_out
 
 
 def attention_backward(

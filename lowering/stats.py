@@ -27,11 +27,11 @@ def attention_stats(q, k, v, attn_mask=None, is_causal=False, scale=None, alpha=
         if routing.use_triton_attention(*args):
             from kernels import attention_fwd
 
-            _, tau, row_max, tile_max, per_block = attention_fwd.attention_forward(
+            _, tau, row_max, tile_max, _, per_block = attention_fwd.attention_forward(
                 q, k, v, attn_mask, is_causal, scale, alpha, head_alpha, stats=True)
             passes = per_block[..., 0].float().mean().item()
         else:
-            _, tau, row_max, tile_max = reference.attention_forward(*args)
+            _, tau, row_max, tile_max, _ = reference.attention_forward(*args)
         # the table itself cannot say which tiles are admissible: the kernels store -inf on
         # admissible tiles found to hold no weight
         admissible = _admissible_tiles(q, k, attn_mask, is_causal)

@@ -47,14 +47,15 @@ def entmax_backward(grad, p, alpha, alpha_tensor, dim, need_alpha_grad):
 
 
 def attention_forward(q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
-                      dropout_seed):
+                      dropout_seed, for_backward):
     return attention_fwd.attention_forward(
-        q, k, v, attn_mask, is_causal, scale, alpha, head_alpha, launch=wrap_triton
+        q, k, v, attn_mask, is_causal, scale, alpha, head_alpha, for_backward, launch=wrap_triton
     )
 
 
-def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, dropout_p, is_causal,
-                       scale, alpha, head_alpha, dropout_seed, need_mask_grad, need_alpha_grad):
+def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, u_out, attn_mask, dropout_p,
+                       is_causal, scale, alpha, head_alpha, dropout_seed, need_mask_grad,
+                       need_alpha_grad):
     if need_mask_grad:
         # The gradient of a float mask is dS itself, an (Nq x Nk) tensor: the reference computes
         # it block by block (on the GPU, with torch ops).
@@ -64,7 +65,7 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, dro
         )
     dq, dk, dv, dalpha = attention_bwd.attention_backward(
         grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_causal, scale, alpha, head_alpha,
-        need_alpha_grad, launch=wrap_triton,
+        need_alpha_grad, u_out, launch=wrap_triton,
     )
     dalpha = dalpha.to(head_alpha.dtype) if need_alpha_grad else q.new_empty(0)
     return dq, dk, dv, dalpha, q.new_empty(0)

@@ -92,18 +92,19 @@ def _run_forward(oracle, causal=False, mask=None, alpha=1.5, head_alpha=None, sm
     B, Hq, Nq, _ = q.shape
     m = _mask(mask, B, Hq, Nq, k.shape[2])
     ha = torch.tensor(head_alpha, device=DEV) if head_alpha else None
-    out, tau, row_max, tile_max, stats = attention_fwd.attention_forward(
-        q, k, v, m, causal, sm_scale, alpha, ha, stats=True)
+    outputs = attention_fwd.attention_forward(q, k, v, m, causal, sm_scale, alpha, ha,
+                                              for_backward=True, stats=True)
     a = ha.double() if ha is not None else alpha
     expected = oracle.attention(q, k, v, m, causal, sm_scale, a)
-    return (q, k, v, m, causal, sm_scale, alpha, ha), (out, tau, row_max, tile_max, stats), expected
+    return (q, k, v, m, causal, sm_scale, alpha, ha), outputs, expected
 
 
 @pytest.mark.parametrize("case", FORWARD_CASES)
 def test_attention_forward(oracle, case):
-    """out against the oracle; row_max, tau and tile_max keep their contract; stats add up."""
+    """out and u_out against the oracle; row_max, tau and tile_max keep their contract; stats add
+    up."""
     cfg = FORWARD_CASES[case]
-    args, (out, tau, row_max, tile_max, stats), expected = _run_forward(oracle, **cfg)
+    args, (out, tau, row_max, tile_max, u_out, stats), expected = _run_forward(oracle, **cfg)
     q, k, v, m, causal, sm_scale, alpha, ha = args
     tol = 2e-3 if q.dtype == torch.float16 else 2e-5
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
@@ -122,6 +123,15 @@ def test_attention_forward(oracle, case):
     z = am1.unsqueeze(-1) * (s - torch.where(fin, smax, 0).unsqueeze(-1))
     p_saved = (z - tau.double().unsqueeze(-1)).clamp_min(0) ** (1 / am1.unsqueeze(-1))
     torch.testing.assert_close(p_saved.nan_to_num(0), p, rtol=0, atol=100 * tol)
+    # u_out = sum_j u_j v_j / sum_j u_j with u = p^(2 - alpha) on the support
+    u = torch.where(p > 0, p.clamp_min(1e-300) ** (1 - am1.unsqueeze(-1)), 0.0)
+    v_heads = v.double().repeat_interleave(Hq // v.shape[1], 1)
+    u_expected = (u @ v_heads) / u.sum(-1, keepdim=True).clamp_min(1e-300)
+    # (for alpha > 1.5, u = d^(k-1) has an infinite slope at the edge of the support, where the
+    # float32 rounding of d = z - tau is relatively large; for alpha > 2 u itself is unbounded)
+    alpha_max = ha.max().item() if ha is not None else alpha
+    u_tol = 2e-3 if alpha_max > 2 else max(tol, 1e-4)
+    torch.testing.assert_close(u_out.double(), u_expected, rtol=u_tol, atol=u_tol)
     # the table bounds max (s - row_max) over each tile from above, or is -inf on a tile with no
     # p > 0; the tiles the backward finds live are exactly those with some p > 0
     rel = torch.nn.functional.pad(s - torch.where(fin, smax, 0).unsqueeze(-1),
@@ -185,8 +195,8 @@ def test_attention_histogram_start(oracle, case, monkeypatch):
     B, Hq, Nq, _ = q.shape
     m = _mask(mask, B, Hq, Nq, k.shape[2])
     ha = torch.tensor(head_alpha, device=DEV) if head_alpha else None
-    _, start, row_max, _ = attention_fwd.attention_forward(q, k, v, m, causal, None, alpha, ha,
-                                                           launch=_sweep_only)
+    _, start, row_max, *_ = attention_fwd.attention_forward(q, k, v, m, causal, None, alpha, ha,
+                                                            launch=_sweep_only)
     a = ha.double().view(1, Hq, 1) if ha is not None else torch.tensor(alpha, dtype=F64)
     s = oracle.scores(q.double(), k.double().repeat_interleave(Hq // k.shape[1], 1), m, causal)
     if late_max:
@@ -229,8 +239,11 @@ def test_attention_forward_block_sizes(oracle, block_m, monkeypatch):
 BACKWARD_CASES = {
     "plain": {},
     "causal, several blocks": dict(Nq=150, Nk=150, causal=True, scale=2.0),
+    # dq's key tiles before the query block run with no range or causal check
     "causal, Nq > Nk, more blocks": dict(Nq=330, Nk=300, causal=True),
     "Nq < Nk, more blocks": dict(Nq=260, Nk=390),
+    "float16, causal, interior tiles of 128-row blocks": dict(dtype=torch.float16, causal=True,
+                                                              Nq=300, Nk=300),
     "sparsemax": dict(alpha=2.0),
     "alpha 1.3": dict(alpha=1.3),
     "bool mask": dict(mask="bool"),
@@ -248,8 +261,9 @@ BACKWARD_CASES = {
 
 @pytest.mark.parametrize("case", BACKWARD_CASES)
 def test_attention_backward(oracle, case):
-    """dq, dk, dv (and dalpha) against autograd of a float64 dense entmax-package attention;
-    two runs agree bitwise; rows that see no key get zero dq."""
+    """dq, dk, dv (and dalpha) against autograd of a float64 dense entmax-package attention, with
+    delta from the forward's u_out and from a pass of its own; two runs agree bitwise; rows that
+    see no key get zero dq."""
     cfg = dict(BACKWARD_CASES[case])
     causal, mask, alpha = cfg.pop("causal", False), cfg.pop("mask", None), cfg.pop("alpha", 1.5)
     head_alpha, sm_scale = cfg.pop("head_alpha", None), cfg.pop("sm_scale", None)
@@ -257,17 +271,22 @@ def test_attention_backward(oracle, case):
     B, Hq, Nq, _ = q.shape
     m = _mask(mask, B, Hq, Nq, k.shape[2])
     ha = torch.tensor(head_alpha, device=DEV) if head_alpha else None
-    out, tau, row_max, tile_max = attention_fwd.attention_forward(q, k, v, m, causal, sm_scale,
-                                                                  alpha, ha)
+    out, tau, row_max, tile_max, u_out = attention_fwd.attention_forward(
+        q, k, v, m, causal, sm_scale, alpha, ha, for_backward=True)
     do = torch.randn_like(out)
     runs = [attention_bwd.attention_backward(do, q, k, v, tau, row_max, tile_max, m, causal,
-                                             sm_scale, alpha, ha, need_alpha_grad=ha is not None)
-            for _ in range(2)]
-    for g1, g2 in zip(*runs):
+                                             sm_scale, alpha, ha, need_alpha_grad=ha is not None,
+                                             u_out=u)
+            for u in (u_out, u_out, None)]
+    for g1, g2 in zip(runs[0], runs[1]):
         assert g1 is None or torch.equal(g1, g2)
-    grads = list(runs[0])
-    assert (grads[3] is None) == (ha is None)
+    assert (runs[0][3] is None) == (ha is None)
+    for grads in runs[1:]:
+        _check_backward(oracle, list(grads), q, k, v, do, m, causal, sm_scale, alpha, ha, mask)
 
+
+def _check_backward(oracle, grads, q, k, v, do, m, causal, sm_scale, alpha, ha, mask):
+    """grads (dq, dk, dv, dalpha) against autograd of the oracle, relative to the largest entry."""
     live = slice(None)
     if mask == "dead rows":  # no key: zero dq; the oracle only sees the other rows
         assert (grads[0][:, :, :5] == 0).all()
@@ -288,7 +307,8 @@ def test_attention_backward(oracle, case):
 def test_attention_backward_without_keys():
     """No key at all: zero output and zero dq (the backward allocates zeros, runs no kernel)."""
     q, k, v = _qkv(Nk=0)
-    out, tau, row_max, tile_max = attention_fwd.attention_forward(q, k, v, None, False, None, 1.5)
+    out, tau, row_max, tile_max, _ = attention_fwd.attention_forward(q, k, v, None, False, None,
+                                                                     1.5)
     dq, dk, dv, _ = attention_bwd.attention_backward(torch.randn_like(out), q, k, v, tau, row_max,
                                                      tile_max, None, False, None, 1.5)
     assert (out == 0).all() and (dq == 0).all() and dk.shape == k.shape and dv.shape == v.shape

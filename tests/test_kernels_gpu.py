@@ -71,7 +71,7 @@ def test_attention_forward_backward(case):
     assert all(torch.equal(g, t.grad) for g, t in zip(grads, (q, k, v))), "not deterministic"
 
     q64, k64, v64 = (t.detach().double() for t in (q, k, v))
-    r_out, r_tau, r_max, _ = reference.attention_forward(q64, k64, v64, None, 0.0, causal, None, alpha)
+    r_out, r_tau, r_max, *_ = reference.attention_forward(q64, k64, v64, None, 0.0, causal, None, alpha)
     r_grads = reference.attention_backward(do.double(), q64, k64, v64, r_tau, r_max, None, 0.0,
                                            causal, None, alpha)[:3]
     tol = REL_TOL[dtype]
@@ -87,7 +87,7 @@ def test_per_head_alpha_gradient():
     out = ac.entmax_attention(q, k, v, is_causal=True, alpha=alpha)
     do = torch.randn_like(out)
     (dalpha,) = torch.autograd.grad(out, alpha, do)
-    r_out, r_tau, r_max, _ = reference.attention_forward(q.double(), k.double(), v.double(), None,
+    r_out, r_tau, r_max, *_ = reference.attention_forward(q.double(), k.double(), v.double(), None,
                                                           0.0, True, None, 1.5, alpha.detach().double())
     r_da = reference.attention_backward(do.double(), q.double(), k.double(), v.double(), r_tau,
                                         r_max, None, 0.0, True, None, 1.5, alpha.detach().double(),
@@ -148,7 +148,7 @@ def test_attention_stats_on_cuda():
     """The kernels' statistics agree with the support counted from the reference's weights."""
     q, k, v = _inputs(1, 2, 2, 2048, 64, torch.float32, 1.5)
     stats = ac.attention_stats(q, k, v, is_causal=True)
-    r_out, r_tau, r_max, r_tiles = reference.attention_forward(q.double(), k.double(), v.double(),
+    r_out, r_tau, r_max, r_tiles, _ = reference.attention_forward(q.double(), k.double(), v.double(),
                                                                 None, 0.0, True, None, 1.5)
     support = reference.support_size(q.double(), k.double(), r_tau, r_max, None, True)
     assert stats["mean_support"] == pytest.approx(support.double().mean().item(), rel=1e-3)

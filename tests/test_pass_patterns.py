@@ -235,6 +235,17 @@ def test_gqa_folds_repeat_kv_into_the_op():
     assert "entmax_attention.default(l_q_, l_k_, l_v_," in after
 
 
+@pytest.mark.parametrize("grad", ["inputs require grad", "no grad mode", "no input requires grad"])
+def test_the_op_keeps_u_out_only_where_a_backward_follows(grad):
+    """for_backward (the backward's u_out) is set where autograd will record the call, and only
+    there: it costs the forward a product per tile."""
+    q, k, v = (t.requires_grad_(grad != "no input requires grad") for t in qkv())
+    with torch.set_grad_enabled(grad != "no grad mode"):
+        report = ac.explain(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), q, k, v)
+    expected = grad == "inputs require grad"
+    assert f"1.5, None, None, {expected});" in report.graphs[0].after
+
+
 @pytest.mark.parametrize("spelling", ["sdpa", "matmul"])
 def test_dropout_in_training_uses_a_fresh_seed_each_call(spelling):
     """Training dropout: the op gets dropout_p and a seed drawn per call (torch.randint in the
@@ -302,7 +313,7 @@ class GraphModule(torch.nn.Module):
         l_mask_ = L_mask_
         l_v_ = L_v_
 
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_mask_, 0.0, False, 0.3, 1.5, None, None);  l_q_ = l_k_ = l_v_ = l_mask_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_mask_, 0.0, False, 0.3, 1.5, None, None, False);  l_q_ = l_k_ = l_v_ = l_mask_ = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         return (getitem,)""")
 
@@ -315,7 +326,7 @@ class GraphModule(torch.nn.Module):
         l_keep_ = L_keep_
         l_v_ = L_v_
 
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_keep_, 0.0, False, 0.25, 1.5, None, None);  l_q_ = l_k_ = l_v_ = l_keep_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_keep_, 0.0, False, 0.25, 1.5, None, None, False);  l_q_ = l_k_ = l_v_ = l_keep_ = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         return (getitem,)""")
 
@@ -335,7 +346,7 @@ class GraphModule(torch.nn.Module):
         unsqueeze: "f32[1, 8, 8, 16]" = torch.unsqueeze(q, 0);  q = None
         unsqueeze_1: "f32[1, 8, 8, 16]" = torch.unsqueeze(k, 0);  k = None
         unsqueeze_2: "f32[1, 8, 8, 16]" = torch.unsqueeze(v, 0);  v = None
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(unsqueeze, unsqueeze_1, unsqueeze_2, l_keep_, 0.0, False, 0.25, 1.5, None, None);  unsqueeze = unsqueeze_1 = unsqueeze_2 = l_keep_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(unsqueeze, unsqueeze_1, unsqueeze_2, l_keep_, 0.0, False, 0.25, 1.5, None, None, False);  unsqueeze = unsqueeze_1 = unsqueeze_2 = l_keep_ = None
         getitem: "f32[1, 8, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         squeeze: "f32[8, 8, 16]" = torch.squeeze(getitem, 0);  getitem = None
         unflatten: "f32[2, 4, 8, 16]" = squeeze.unflatten(0, (2, 4));  squeeze = None
@@ -349,7 +360,7 @@ class GraphModule(torch.nn.Module):
         l_k_ = L_k_
         l_v_ = L_v_
 
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, False, 1.0, 1.5, None, None);  l_q_ = l_k_ = l_v_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, False, 1.0, 1.5, None, None, False);  l_q_ = l_k_ = l_v_ = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         return (getitem,)""")
 
@@ -364,7 +375,7 @@ class GraphModule(torch.nn.Module):
         permute: "f32[2, 4, 8, 16]" = torch.permute(l_q_, (0, 2, 1, 3));  l_q_ = None
         permute_1: "f32[2, 4, 8, 16]" = torch.permute(l_k_, (0, 2, 1, 3));  l_k_ = None
         permute_2: "f32[2, 4, 8, 16]" = torch.permute(l_v_, (0, 2, 1, 3));  l_v_ = None
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(permute, permute_1, permute_2, None, 0.0, False, 0.25, 1.5, None, None);  permute = permute_1 = permute_2 = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(permute, permute_1, permute_2, None, 0.0, False, 0.25, 1.5, None, None, False);  permute = permute_1 = permute_2 = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         permute_3: "f32[2, 8, 4, 16]" = torch.permute(getitem, (0, 2, 1, 3));  getitem = None
         return (permute_3,)""")
@@ -378,7 +389,7 @@ class GraphModule(torch.nn.Module):
         l_q_ = L_q_
         l_mask_ = L_mask_
 
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_mask_, 0.0, False, 0.25, 1.5, None, None);  l_q_ = l_k_ = l_v_ = l_mask_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_mask_, 0.0, False, 0.25, 1.5, None, None, False);  l_q_ = l_k_ = l_v_ = l_mask_ = None
         getitem_2: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         return (getitem_2,)""")
 
@@ -390,7 +401,7 @@ class GraphModule(torch.nn.Module):
         l_v_ = L_v_
         l_q_ = L_q_
 
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, False, 0.25, 1.5, None, None);  l_q_ = l_k_ = l_v_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, False, 0.25, 1.5, None, None, False);  l_q_ = l_k_ = l_v_ = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         return (getitem,)""")
 
@@ -402,7 +413,7 @@ class GraphModule(torch.nn.Module):
         l_v_ = L_v_
         l_q_ = L_q_
 
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, False, 0.25, 1.5, None, None);  l_q_ = l_k_ = l_v_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, False, 0.25, 1.5, None, None, False);  l_q_ = l_k_ = l_v_ = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         return (getitem,)""")
 
@@ -416,7 +427,7 @@ class GraphModule(torch.nn.Module):
         l_v_ = L_v_
 
         logical_not: "b8[2, 1, 8, 8]" = torch.logical_not(l_pad_)
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, logical_not, 0.0, False, 0.25, 1.5, None, None);  l_q_ = l_k_ = logical_not = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, logical_not, 0.0, False, 0.25, 1.5, None, None, False);  l_q_ = l_k_ = logical_not = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         all_1: "b8[2, 1, 8, 1]" = torch.all(l_pad_, -1, keepdim = True);  l_pad_ = None
         mean: "f32[2, 4, 1, 16]" = torch.mean(l_v_, -2, keepdim = True);  l_v_ = None
@@ -432,7 +443,7 @@ class GraphModule(torch.nn.Module):
         l_v_ = L_v_
         l_keep_ = L_keep_
 
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_keep_, 0.0, False, 0.25, 1.5, None, None);  l_q_ = l_k_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_keep_, 0.0, False, 0.25, 1.5, None, None, False);  l_q_ = l_k_ = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         logical_not: "b8[8, 8]" = torch.logical_not(l_keep_);  l_keep_ = None
         all_1: "b8[8, 1]" = torch.all(logical_not, -1, keepdim = True);  logical_not = None
@@ -448,7 +459,7 @@ class GraphModule(torch.nn.Module):
         l_q_ = L_q_
         l_v_ = L_v_
 
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, False, 0.25, 2.0, None, None);  l_q_ = l_k_ = l_v_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, False, 0.25, 2.0, None, None, False);  l_q_ = l_k_ = l_v_ = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         return (getitem,)""")
 
@@ -462,7 +473,7 @@ class GraphModule(torch.nn.Module):
         l_k_ = L_k_
         l_v_ = L_v_
 
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, True, 0.2, 1.5, None, None);  l_q_ = l_k_ = l_v_ = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, None, 0.0, True, 0.2, 1.5, None, None, False);  l_q_ = l_k_ = l_v_ = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         return (getitem,)""")
 
@@ -478,6 +489,6 @@ class GraphModule(torch.nn.Module):
         l_mask_ = L_mask_
 
         randint: "i64[1]" = torch.randint(0, 2147483647, (1,), dtype = torch.int64, device = device(type='cpu'))
-        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_mask_, 0.1, False, None, 1.5, None, randint);  l_q_ = l_k_ = l_v_ = l_mask_ = randint = None
+        entmax_attention_default = torch.ops.adasplash.entmax_attention.default(l_q_, l_k_, l_v_, l_mask_, 0.1, False, None, 1.5, None, randint, False);  l_q_ = l_k_ = l_v_ = l_mask_ = randint = None
         getitem: "f32[2, 4, 8, 16]" = entmax_attention_default[0];  entmax_attention_default = None
         return (getitem,)""")
