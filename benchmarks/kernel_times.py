@@ -4,7 +4,7 @@ For each input scale ``a`` (``inputs.attention_inputs``; larger is sparser) this
 and the backward launch helpers of ``kernels`` directly (no autograd, no compile) under the torch
 profiler and prints, per kernel, its mean device time per call, with the threshold passes per query
 block, the fraction of live tiles of the output pass and the block sparsity measured on the same
-inputs. Use it to see which kernel a change should speed up, and to compare two versions of the
+inputs. The forward keeps the backward's u_out (as a training step does) unless ``--forward-only``. Use it to see which kernel a change should speed up, and to compare two versions of the
 kernels on the same warm machine (run it once per checkout, same arguments).
 
     python -m benchmarks.kernel_times                         # causal, N = 16k, B = 1, H = 16, D = 128
