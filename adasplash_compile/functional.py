@@ -55,7 +55,7 @@ def entmax_attention(
 def attention_op(query, key, value, attn_mask, dropout_p, is_causal, scale, alpha: Alpha) -> torch.Tensor:
     """The ``adasplash::entmax_attention`` output for checked arguments (no validation, so that it
     also traces on fake tensors): a fresh dropout seed per call, a tensor alpha as head_alpha, and
-    the backward's u_out kept when autograd will want it."""
+    the backward's u_shift kept when autograd will want it."""
     seed = None
     if dropout_p > 0:
         seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=query.device)

@@ -108,7 +108,7 @@ def emit_attention(gm: GraphModule, m: Match) -> None:
     seed = None
     if m.dropout_p > 0:
         seed = em.call(torch.randint, 0, 2**31 - 1, (1,), dtype=torch.int64, device=example(q).device)
-    # the backward's u_out where autograd will record the call (grad mode is guarded by Dynamo)
+    # the backward's u_shift where autograd will record the call (grad mode is guarded by Dynamo)
     for_backward = needs_backward(*(example(x) for x in (q, k, v)))
     res = em.call(torch.ops.adasplash.entmax_attention.default, q, k, v, mask, float(m.dropout_p),
                   m.is_causal, m.scale, alpha, head_alpha, seed, for_backward)

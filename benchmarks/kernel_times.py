@@ -4,8 +4,9 @@ For each input scale ``a`` (``inputs.attention_inputs``; larger is sparser) this
 and the backward launch helpers of ``kernels`` directly (no autograd, no compile) under the torch
 profiler and prints, per kernel, its mean device time per call, with the threshold passes per query
 block, the fraction of live tiles of the output pass and the block sparsity measured on the same
-inputs. The forward keeps the backward's u_out (as a training step does) unless ``--forward-only``. Use it to see which kernel a change should speed up, and to compare two versions of the
-kernels on the same warm machine (run it once per checkout, same arguments).
+inputs. The forward keeps the backward's u_shift (as a training step does) unless
+``--forward-only``. Use it to see which kernel a change should speed up, and to compare two
+versions of the kernels on the same warm machine (run it once per checkout, same arguments).
 
     python -m benchmarks.kernel_times                         # causal, N = 16k, B = 1, H = 16, D = 128
     python -m benchmarks.kernel_times --scales 0 10.8 --json times.json
@@ -57,7 +58,7 @@ def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int
     q, k, v = inputs.attention_inputs(batch, heads, seq, head_dim, a, dtype=torch.bfloat16,
                                       device="cuda", seed=seed)
     dout = torch.randn_like(q)
-    out, tau, row_max, tile_max, u_out, stats = attention_fwd.attention_forward(
+    out, tau, row_max, tile_max, u_shift, stats = attention_fwd.attention_forward(
         q, k, v, None, True, None, alpha, None, for_backward=backward, stats=True)
     absolute_tau = tau + (alpha - 1) * row_max
     sparsity = inputs.block_sparsity(q, k, causal=True, alpha=alpha, tau=absolute_tau)
@@ -68,7 +69,7 @@ def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int
 
     def backward_pass():
         attention_bwd.attention_backward(dout, q, k, v, tau, row_max, tile_max, None, True, None,
-                                         alpha, u_out=u_out)
+                                         alpha, out=out, u_shift=u_shift)
 
     def sdpa_fwd():
         F.scaled_dot_product_attention(q, k, v, is_causal=True)

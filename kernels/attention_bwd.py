@@ -11,7 +11,8 @@ p = d^k (k = 1 / (alpha - 1)), u = p^(2 - alpha) = d^(k - 1) on the support and 
 Only the (query block, key tile) pairs that the forward's tile table marks live are visited:
 ``live_lists`` lists them per query block and per key tile in two small kernels (``live_blocks``
 states the same rule in torch). ``adasplash_attention_bwd_dq`` (one program per query block)
-reads delta = sum_j u_ij dO_i v_j / sum_j u_ij = rowsum(dO u_out) off the forward's u_out, or
+reads delta = sum_j u_ij dO_i v_j / sum_j u_ij = rowsum(dO (out + u_shift)) off the forward's
+out and u_shift, or
 makes a first pass over the tiles for it (and for dalpha), then one for dq, whose interior key
 tiles skip the range and causal checks; ``adasplash_attention_bwd_dkdv`` (one program per key
 tile and query head) accumulates dk, dv.
@@ -61,7 +62,7 @@ def _alpha_minus_one(HeadAlpha, h, alpha, HEAD_ALPHA: tl.constexpr):
 
 @triton.jit
 def adasplash_attention_bwd_dq(
-    Q, K, V, DO, UOut, Mask, HeadAlpha, RowMax, Tau, KList, KCount, DQ, Delta, DAlphaRow,
+    Q, K, V, DO, Out, UShift, Mask, HeadAlpha, RowMax, Tau, KList, KCount, DQ, Delta, DAlphaRow,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -100,9 +101,12 @@ def adasplash_attention_bwd_dq(
     KList += block * n_blocks_n
 
     if DELTA_FROM_U:
-        # delta = sum u dO v / sum u = rowsum(dO u_out): no pass over the tiles
-        u_out = load_tile(UOut + bh.to(tl.int64) * Nq * DV, offs_m, offs_dv, DV, 1, Nq, DV)
-        delta = tl.sum(do.to(tl.float32) * u_out.to(tl.float32), 1)
+        # delta = sum u dO v / sum u = rowsum(dO (out + u_shift)): no pass over the tiles
+        u_mean = (load_tile(Out + bh.to(tl.int64) * Nq * DV, offs_m, offs_dv, DV, 1, Nq, DV)
+                  .to(tl.float32)
+                  + load_tile(UShift + bh.to(tl.int64) * Nq * DV, offs_m, offs_dv, DV, 1, Nq, DV)
+                  .to(tl.float32))
+        delta = tl.sum(do.to(tl.float32) * u_mean, 1)
     else:
         delta = _delta_pass(q, do, K, V, Mask, KList, n_live, k_base, v_base, mask_base, offs_m,
                             offs_b, offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd,
@@ -326,12 +330,13 @@ DQ_BLOCK_M = 128
 
 
 def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_causal, scale,
-                       alpha, head_alpha=None, need_alpha_grad=False, u_out=None,
+                       alpha, head_alpha=None, need_alpha_grad=False, out=None, u_shift=None,
                        launch=_identity):
     """(dq, dk, dv, dalpha or None) of entmax attention (no dropout, no mask gradient).
 
-    u_out: the forward's (B, Hq, Nq, DV) u_out, or None (or 0 elements): then the dq kernel makes
-    a first pass over the tiles for delta, as it does when need_alpha_grad."""
+    out, u_shift: the forward's (B, Hq, Nq, DV) out and u_shift, or None (or u_shift with 0
+    elements): then the dq kernel makes a first pass over the tiles for delta, as it does when
+    need_alpha_grad."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk, DV = k.shape[1], k.shape[2], v.shape[-1]
     G = Hq // Hkv
@@ -361,11 +366,11 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
         n_tm, n_tn = tile_max.shape[-2:]
         k_list, k_count, q_list, q_count = live_lists(tau, tile_max, alpha, head_alpha, bm_q,
                                                       launch)
-        from_u = u_out is not None and u_out.numel() > 0 and not need_alpha_grad
+        from_u = u_shift is not None and u_shift.numel() > 0 and not need_alpha_grad
         launch(adasplash_attention_bwd_dq)[(k_count.shape[-1], B * Hq)](
-            q, k, v, do, u_out.contiguous() if from_u else q, mask, ha, row_max, tau, k_list,
-            k_count, dq, delta, da_rows, *strides, Hq, G, Nq, Nk, D, DV, n_tn, scale,
-            float(alpha), NEED_DALPHA=need_alpha_grad, DELTA_FROM_U=from_u, BLOCK_M=bm_q,
+            q, k, v, do, out.contiguous() if from_u else q, u_shift.contiguous() if from_u else q,
+            mask, ha, row_max, tau, k_list, k_count, dq, delta, da_rows, *strides, Hq, G, Nq, Nk,
+            D, DV, n_tn, scale, float(alpha), NEED_DALPHA=need_alpha_grad, DELTA_FROM_U=from_u, BLOCK_M=bm_q,
             BLOCK_N=TILE, LIST_CHUNK=LIST_CHUNK, **common, num_warps=8 if bm_q > TILE else 4,
             num_stages=1 if small else 2,
         )

@@ -16,9 +16,11 @@ For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf
    skipped.
 3. ``adasplash_attention_out`` (sparse): visits the tiles live for tau:
    out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the
-   exact tau and absorbs rounding). For the backward it can also give
-   u_out = sum_j u_j v_j / sum_j u_j, u = p^(2 - alpha), from which delta = rowsum(dO u_out)
-   (the entmax form of flash attention's rowsum(dO out)). A visited tile whose weights are all
+   exact tau and absorbs rounding). For the backward it can also give u_shift = u_mean - out
+   (out as stored, in its dtype), u_mean = sum_j u_j v_j / sum_j u_j, u = p^(2 - alpha), from
+   which delta = rowsum(dO (out + u_shift)) (the entmax form of flash attention's rowsum(dO out);
+   a part common to the values, which the backward cancels, lies in out, stored exactly). A
+   visited tile whose weights are all
    zero for a 64-row slice gets -inf in the table, so that the backward visits only the tiles
    that hold some p > 0 (the table's bound alone is loose: it mixes the rows of a slice and uses
    the running max).
@@ -300,18 +302,18 @@ def _tile_output(acc, acc_u, q, K, V, Mask, k_base, v_base, mask_base, offs_m, o
                  offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, Nq, Nk,
                  D, DV, scale, am1, m, t, k, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
                  PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr,
-                 U_OUT: tl.constexpr):
-    """One key tile into acc += p v (and, if U_OUT, acc_u += u v); returns acc, acc_u, p, u
-    (u in v's dtype if U_OUT)."""
+                 U_SHIFT: tl.constexpr):
+    """One key tile into acc += p v (and, if U_SHIFT, acc_u += u v); returns acc, acc_u, p, u
+    (u in v's dtype if U_SHIFT)."""
     x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
                        stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
                        MASK_KIND, PRECISION, BOUNDS)
     p, u = p_and_u(x, k, ALPHA_MODE)
     v = load_tile(V + v_base, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV)
     acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    if U_OUT:
+    if U_SHIFT:
         # u as the product sees it (rounded to v's dtype), so that the normalisation by its sum
-        # keeps u_out an exact average: a part common to the values then cancels in the backward
+        # keeps u_mean an exact average: a part common to the values cancels in u_mean - out
         u = u.to(v.dtype)
         acc_u += tl.dot(u, v, input_precision=PRECISION)
     return acc, acc_u, p, u
@@ -319,7 +321,7 @@ def _tile_output(acc, acc_u, q, K, V, Mask, k_base, v_base, mask_base, offs_m, o
 
 @triton.jit
 def adasplash_attention_out(
-    Q, K, V, Mask, HeadAlpha, RowMax, TileMax, List, Tau, Out, UOut, Stats,
+    Q, K, V, Mask, HeadAlpha, RowMax, TileMax, List, Tau, Out, UShift, Stats,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -328,10 +330,10 @@ def adasplash_attention_out(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, LIST_CHUNK: tl.constexpr,
-    STATS: tl.constexpr, U_OUT: tl.constexpr,
+    STATS: tl.constexpr, U_SHIFT: tl.constexpr,
 ):
-    """out = sum_j p_j v_j / sum_j p_j over the tiles live for tau and, if U_OUT, the backward's
-    u_out = sum_j u_j v_j / sum_j u_j, u = p^(2 - alpha). (A kernel of its own: the list it builds
+    """out = sum_j p_j v_j / sum_j p_j over the tiles live for tau and, if U_SHIFT, the backward's
+    u_shift = sum_j u_j v_j / sum_j u_j - out, u = p^(2 - alpha). (A kernel of its own: the list it builds
     then depends on loaded values only, which keeps Inductor's analysis of what the kernels write
     exact.)"""
     R: tl.constexpr = BLOCK_M // 64
@@ -368,7 +370,7 @@ def adasplash_attention_out(
                                   _slice_threshold(t, am1, R), LIST_CHUNK)
     # Per row: l, l_u, the support size and `held`, whose bit j % 32 says p > 0 on the j-th
     # listed tile. (Per-entry accumulators, summed once at the end, made the pass 4% faster
-    # without u_out, but with it they spill: measured on an H200.)
+    # without u_shift, but with it they spill: measured on an H200.)
     # Every 32 tiles the listed tiles on which a whole 64-row slice has no p > 0 get -inf in the
     # table: the backward then skips them.
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -384,9 +386,9 @@ def adasplash_attention_out(
                 acc, acc_u, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
                 tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
                 stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL,
-                MASK_KIND, PRECISION, ALPHA_MODE, edge == 1, U_OUT)
+                MASK_KIND, PRECISION, ALPHA_MODE, edge == 1, U_SHIFT)
             l += tl.sum(p, 1)
-            if U_OUT:
+            if U_SHIFT:
                 l_u += tl.sum(u.to(tl.float32), 1)
             if STATS:
                 support += tl.sum((p > 0).to(tl.float32), 1)
@@ -402,12 +404,12 @@ def adasplash_attention_out(
                 held = tl.zeros([BLOCK_M], tl.int32)
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
     out_mask = (offs_m[:, None] < Nq) & (offs_dv[None, :] < DV)
-    tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out.to(Out.dtype.element_ty),
-             mask=out_mask)
-    if U_OUT:
-        u_out = acc_u / tl.where(l_u > 0, l_u, 1.0)[:, None]
-        tl.store(UOut + rows[:, None] * DV + offs_dv[None, :], u_out.to(UOut.dtype.element_ty),
-                 mask=out_mask)
+    out = out.to(Out.dtype.element_ty)
+    tl.store(Out + rows[:, None] * DV + offs_dv[None, :], out, mask=out_mask)
+    if U_SHIFT:
+        u_shift = acc_u / tl.where(l_u > 0, l_u, 1.0)[:, None] - out.to(tl.float32)
+        tl.store(UShift + rows[:, None] * DV + offs_dv[None, :],
+                 u_shift.to(UShift.dtype.element_ty), mask=out_mask)
     if STATS:
         # per program, after the threshold passes: live tiles of the output pass, tiles in range,
         # and the support size summed over its rows
@@ -437,8 +439,8 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=None,
                       for_backward=False, launch=_identity, stats=False):
-    """(out, tau, row_max, tile_max, u_out) as ``lowering.reference.attention_forward`` (no
-    dropout); u_out has 0 elements unless for_backward.
+    """(out, tau, row_max, tile_max, u_shift) as ``lowering.reference.attention_forward`` (no
+    dropout); u_shift has 0 elements unless for_backward.
 
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, DV), any strides; head_alpha: None or a
     (Hq,) tensor. With stats=True a sixth output holds, per query block, (threshold passes, live
@@ -448,9 +450,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     Hkv, Nk, DV = k.shape[1], k.shape[2], v.shape[-1]
     f32 = dict(dtype=torch.float32, device=q.device)
     out = torch.empty((B, Hq, Nq, DV), dtype=q.dtype, device=q.device)
-    # float32: delta = rowsum(dO u_out) cancels the part common to the values (flash attention's
-    # rowsum(dO out) from a 16-bit out loses it)
-    u_out = torch.empty((B, Hq, Nq, DV) if for_backward else (0,), **f32)
+    u_shift = torch.empty((B, Hq, Nq, DV) if for_backward else (0,), dtype=q.dtype, device=q.device)
     tau = torch.empty((B, Hq, Nq), **f32)
     row_max = torch.empty((B, Hq, Nq), **f32)
     n_tm, n_tn = triton.cdiv(Nq, TILE), triton.cdiv(Nk, TILE)
@@ -461,7 +461,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     n_mb = triton.cdiv(Nq, sparse_m)
     stat_buf = torch.zeros((B, Hq, n_mb, 4), **f32) if stats else row_max
     if B * Hq * Nq == 0:
-        return (out, tau, row_max, tile_max, u_out) + ((stat_buf,) if stats else ())
+        return (out, tau, row_max, tile_max, u_shift) + ((stat_buf,) if stats else ())
     mask, ms, mask_kind = mask_4d(attn_mask)
     mask = mask if mask is not None else q
     scale = float(scale if scale is not None else D ** -0.5)
@@ -487,10 +487,10 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
         MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, **sparse,
     )
     launch(adasplash_attention_out)[(n_mb, B * Hq)](
-        q, k, v, mask, ha, row_max, tile_max, live_list, tau, out, u_out if for_backward else out,
+        q, k, v, mask, ha, row_max, tile_max, live_list, tau, out, u_shift if for_backward else out,
         stat_buf,
         *q.stride(), *k.stride(), *v.stride(), *ms,
         Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, scale, float(alpha), BLOCK_DV=block_dv,
-        U_OUT=bool(for_backward), **sparse,
+        U_SHIFT=bool(for_backward), **sparse,
     )
-    return (out, tau, row_max, tile_max, u_out) + ((stat_buf,) if stats else ())
+    return (out, tau, row_max, tile_max, u_shift) + ((stat_buf,) if stats else ())

@@ -4,8 +4,8 @@ Public ops (what the FX pass and the eager functions call):
 
 - ``adasplash::entmax(x, alpha, alpha_tensor, dim) -> p``
 - ``adasplash::entmax_attention(q, k, v, attn_mask, dropout_p, is_causal, scale, alpha,
-  head_alpha, dropout_seed, for_backward) -> (out, tau, row_max, tile_max, u_out)`` (see
-  ``reference.attention_forward`` for the saved statistics; u_out, which spares the backward a
+  head_alpha, dropout_seed, for_backward) -> (out, tau, row_max, tile_max, u_shift)`` (see
+  ``reference.attention_forward`` for the saved statistics; u_shift, which spares the backward a
   pass, has 0 elements unless for_backward)
 - their backward ops ``entmax_backward`` and ``entmax_attention_backward``.
 
@@ -65,7 +65,7 @@ def _(grad, p, alpha, alpha_tensor, dim, need_alpha_grad):
 
 
 def attention_output_fakes(q: Tensor, k: Tensor, v: Tensor, for_backward: bool):
-    """Empty (out, tau, row_max, tile_max, u_out) with the shapes, dtypes and contiguous strides
+    """Empty (out, tau, row_max, tile_max, u_shift) with the shapes, dtypes and contiguous strides
     of the op."""
     B, Hq, Nq, _ = q.shape
     Nk = k.shape[2]
@@ -74,8 +74,8 @@ def attention_output_fakes(q: Tensor, k: Tensor, v: Tensor, for_backward: bool):
     tau = q.new_empty((B, Hq, Nq), dtype=stat)
     row_max = q.new_empty((B, Hq, Nq), dtype=stat)
     tile_max = q.new_empty((B, Hq, (Nq + TILE - 1) // TILE, (Nk + TILE - 1) // TILE), dtype=stat)
-    u_out = q.new_empty(out.shape if for_backward else (0,), dtype=stat)
-    return out, tau, row_max, tile_max, u_out
+    u_shift = q.new_empty(out.shape if for_backward else (0,))
+    return out, tau, row_max, tile_max, u_shift
 
 
 @custom_op("adasplash::entmax_attention_reference", mutates_args=())
@@ -155,9 +155,10 @@ def entmax_attention(
     head_alpha: Optional[Tensor] = None, dropout_seed: Optional[Tensor] = None,
     for_backward: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(out, tau, row_max, tile_max, u_out) of alpha-entmax attention (DESIGN.md section 1);
-    for_backward: also u_out, with which the backward needs one pass less (set it when a
-    backward will follow; the backward is right either way)."""
+    """(out, tau, row_max, tile_max, u_shift) of alpha-entmax attention (DESIGN.md section 1);
+    for_backward: also u_shift (with out, the u-weighted mean of the values), with which the
+    backward needs one pass less (set it when a backward will follow; the backward is right either
+    way)."""
     args = (q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha, dropout_seed)
     if routing.use_triton_attention(*args):
         return routing.triton_attention(*args, for_backward)
@@ -167,16 +168,16 @@ def entmax_attention(
 @triton_op("adasplash::entmax_attention_backward", mutates_args=())
 def entmax_attention_backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, tau: Tensor, row_max: Tensor,
-    tile_max: Tensor, u_out: Tensor, attn_mask: Optional[Tensor], dropout_p: float,
+    tile_max: Tensor, out: Tensor, u_shift: Tensor, attn_mask: Optional[Tensor], dropout_p: float,
     is_causal: bool, scale: Optional[float], alpha: float, head_alpha: Optional[Tensor],
     dropout_seed: Optional[Tensor], need_mask_grad: bool, need_alpha_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, dalpha, dmask); dalpha and dmask have 0 elements unless asked for. u_out is
-    the forward's (0 elements if it was not kept)."""
+    """(dq, dk, dv, dalpha, dmask); dalpha and dmask have 0 elements unless asked for. out and
+    u_shift are the forward's (u_shift has 0 elements if it was not kept)."""
     fwd_args = (q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha, dropout_seed)
     if routing.use_triton_attention(*fwd_args):
         return routing.triton_attention_backward(
-            grad_out, q, k, v, tau, row_max, tile_max, u_out, attn_mask, dropout_p, is_causal,
+            grad_out, q, k, v, tau, row_max, tile_max, out, u_shift, attn_mask, dropout_p, is_causal,
             scale, alpha, head_alpha, dropout_seed, need_mask_grad, need_alpha_grad,
         )
     return torch.ops.adasplash.entmax_attention_backward_reference(
@@ -210,19 +211,20 @@ entmax.register_autograd(_entmax_grad, setup_context=_entmax_setup)
 
 def _attention_setup(ctx, inputs, output):
     q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha, dropout_seed, _ = inputs
-    _, tau, row_max, tile_max, u_out = output
+    out, tau, row_max, tile_max, u_shift = output
     ctx.dropout_p, ctx.is_causal, ctx.scale, ctx.alpha = dropout_p, is_causal, scale, alpha
-    ctx.save_for_backward(q, k, v, tau, row_max, tile_max, u_out, attn_mask, head_alpha,
+    ctx.save_for_backward(q, k, v, out, tau, row_max, tile_max, u_shift, attn_mask, head_alpha,
                           dropout_seed)
 
 
-def _attention_grad(ctx, grad_out, _grad_tau, _grad_row_max, _grad_tile_max, _grad_u_out):
-    q, k, v, tau, row_max, tile_max, u_out, attn_mask, head_alpha, dropout_seed = ctx.saved_tensors
+def _attention_grad(ctx, grad_out, _grad_tau, _grad_row_max, _grad_tile_max, _grad_u_shift):
+    q, k, v, out, tau, row_max, tile_max, u_shift, attn_mask, head_alpha, dropout_seed = (
+        ctx.saved_tensors)
     need_mask = attn_mask is not None and attn_mask.is_floating_point() and ctx.needs_input_grad[3]
     need_alpha = head_alpha is not None and ctx.needs_input_grad[8]
     dq, dk, dv, dalpha, dmask = torch.ops.adasplash.entmax_attention_backward(
-        grad_out, q, k, v, tau, row_max, tile_max, u_out, attn_mask, ctx.dropout_p, ctx.is_causal,
-        ctx.scale, ctx.alpha, head_alpha, dropout_seed, need_mask, need_alpha,
+        grad_out, q, k, v, tau, row_max, tile_max, out, u_shift, attn_mask, ctx.dropout_p,
+        ctx.is_causal, ctx.scale, ctx.alpha, head_alpha, dropout_seed, need_mask, need_alpha,
     )
     return (
         dq, dk, dv, dmask if need_mask else None, None, None, None, None,

@@ -336,22 +336,24 @@ def attention_forward(
     q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, alpha=1.5,
     head_alpha=None, dropout_seed=None, for_backward=False,
 ):
-    """(out, tau, row_max, tile_max, u_out) of entmax attention (DESIGN.md section 1).
+    """(out, tau, row_max, tile_max, u_shift) of entmax attention (DESIGN.md section 1).
 
     With s the masked scaled scores: row_max (B, Hq, Nq) is max_j s_ij (-inf for rows with no
     admissible key), tau (B, Hq, Nq) the threshold relative to it, p = [(alpha-1)(s - row_max) -
     tau]_+^(1/(alpha-1)) (+inf for empty rows). tile_max (B, Hq, ceil(Nq/TILE), ceil(Nk/TILE)) is
     max (s_ij - row_max_i) over each TILE x TILE tile (-inf where all excluded; the kernels may
     store any upper bound of it, and -inf for a tile whose p are all zero): a tile holds a nonzero
-    p only if tile_max > tau_i / (alpha - 1) for one of its rows i. u_out (out's shape in the
-    dtype of tau, 0 elements unless for_backward) is sum_j u_ij keep_ij v_j / sum_j u_ij, u = p^(2 - alpha) and
-    keep the dropout scaling, so that the backward's delta = sum_j u_ij dP_ij / sum_j u_ij is
-    rowsum(dO * u_out).
+    p only if tile_max > tau_i / (alpha - 1) for one of its rows i. u_shift (out's shape and
+    dtype, 0 elements unless for_backward) is u_mean - out, u_mean = sum_j u_ij keep_ij v_j /
+    sum_j u_ij with u = p^(2 - alpha) and keep the dropout scaling, so that the backward's
+    delta = sum_j u_ij dP_ij / sum_j u_ij is rowsum(dO * (out + u_shift)). (Relative to the out
+    stored, u_shift is small where the values share a large common part, which 16 bits would
+    lose in u_mean itself.)
     """
     P = _Problem(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha)
     seed = _seed(dropout_p, dropout_seed)
     out = q.new_empty(P.B, P.Hq, P.Nq, v.shape[-1])
-    u_out = q.new_empty(out.shape if for_backward else (0,), dtype=P.cd)
+    u_shift = q.new_empty(out.shape if for_backward else (0,))
     tau = q.new_empty((P.B, P.Hq, P.Nq), dtype=P.cd)
     row_max = torch.empty_like(tau)
     tmax = q.new_empty((P.B, P.Hq, -(-P.Nq // TILE), -(-P.Nk // TILE)), dtype=P.cd)
@@ -369,11 +371,12 @@ def attention_forward(
             o = torch.matmul(weights[0], P.v.to(P.cd))
             out[:, :, r0:r1] = o.flatten(1, 2).to(out.dtype)
             if for_backward:
-                u_out[:, :, r0:r1] = torch.matmul(weights[1], P.v.to(P.cd)).flatten(1, 2)
+                u_mean = torch.matmul(weights[1], P.v.to(P.cd)).flatten(1, 2)
+                u_shift[:, :, r0:r1] = u_mean - out[:, :, r0:r1].to(P.cd)
             tau[:, :, r0:r1] = t.squeeze(-1).flatten(1, 2)
             row_max[:, :, r0:r1] = m.squeeze(-1).flatten(1, 2)
             tmax[:, :, r0 // TILE: -(-r1 // TILE)] = P.tile_max(s - torch.where(torch.isinf(m), 0.0, m))
-    return out, tau, row_max, tmax, u_out
+    return out, tau, row_max, tmax, u_shift
 
 
 def attention_backward(

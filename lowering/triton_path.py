@@ -53,8 +53,8 @@ def attention_forward(q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, he
     )
 
 
-def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, u_out, attn_mask, dropout_p,
-                       is_causal, scale, alpha, head_alpha, dropout_seed, need_mask_grad,
+def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, out, u_shift, attn_mask,
+                       dropout_p, is_causal, scale, alpha, head_alpha, dropout_seed, need_mask_grad,
                        need_alpha_grad):
     if need_mask_grad:
         # The gradient of a float mask is dS itself, an (Nq x Nk) tensor: the reference computes
@@ -65,7 +65,7 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, u_out, attn_ma
         )
     dq, dk, dv, dalpha = attention_bwd.attention_backward(
         grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_causal, scale, alpha, head_alpha,
-        need_alpha_grad, u_out, launch=wrap_triton,
+        need_alpha_grad, out, u_shift, launch=wrap_triton,
     )
     dalpha = dalpha.to(head_alpha.dtype) if need_alpha_grad else q.new_empty(0)
     return dq, dk, dv, dalpha, q.new_empty(0)

@@ -60,11 +60,11 @@ PROBE = textwrap.dedent("""
     mask = torch.rand(1, 1, 256, 256) > 0.5
     head_alpha = torch.tensor([1.5, 1.6])
     attention_fwd.attention_forward(q, q, q, mask, True, None, 1.5, head_alpha, True, launch=launch)
-    _, tau, row_max, tile_max, u_out = reference.attention_forward(q, q, q, mask, 0.0, True, None,
+    out, tau, row_max, tile_max, u_shift = reference.attention_forward(q, q, q, mask, 0.0, True, None,
                                                                    1.5, head_alpha, None, True)
-    for need_alpha_grad in (True, False):  # delta from a pass of its own, then from u_out
+    for need_alpha_grad in (True, False):  # delta from a pass of its own, then from u_shift
         attention_bwd.attention_backward(q, q, q, q, tau, row_max, tile_max, mask, True, None, 1.5,
-                                         head_alpha, need_alpha_grad, u_out, launch=launch)
+                                         head_alpha, need_alpha_grad, out, u_shift, launch=launch)
     entmax_rows.entmax_forward(torch.randn(4, 100), 1.5, launch=launch)
     entmax_rows.entmax_forward(torch.randn(2, 70000), 1.5, launch=launch)
     entmax_rows.entmax_backward(torch.randn(4, 100), torch.rand(4, 100), 1.5, torch.rand(4) + 1.2,
@@ -75,7 +75,7 @@ PROBE = textwrap.dedent("""
 EXPECTED = {
     "adasplash_attention_max": ["RowMax", "Tau", "TileMax"],
     "adasplash_attention_threshold": ["List", "Tau"],
-    "adasplash_attention_out": ["List", "Out", "TileMax", "UOut"],
+    "adasplash_attention_out": ["List", "Out", "TileMax", "UShift"],
     "adasplash_attention_bwd_key_lists": ["KCount", "KList", "Thr"],
     "adasplash_attention_bwd_query_lists": ["QCount", "QList"],
     "adasplash_attention_bwd_dq": ["DAlphaRow", "DQ", "Delta"],

@@ -101,10 +101,10 @@ def _run_forward(oracle, causal=False, mask=None, alpha=1.5, head_alpha=None, sm
 
 @pytest.mark.parametrize("case", FORWARD_CASES)
 def test_attention_forward(oracle, case):
-    """out and u_out against the oracle; row_max, tau and tile_max keep their contract; stats add
+    """out and u_shift against the oracle; row_max, tau and tile_max keep their contract; stats add
     up."""
     cfg = FORWARD_CASES[case]
-    args, (out, tau, row_max, tile_max, u_out, stats), expected = _run_forward(oracle, **cfg)
+    args, (out, tau, row_max, tile_max, u_shift, stats), expected = _run_forward(oracle, **cfg)
     q, k, v, m, causal, sm_scale, alpha, ha = args
     tol = 2e-3 if q.dtype == torch.float16 else 2e-5
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
@@ -123,7 +123,7 @@ def test_attention_forward(oracle, case):
     z = am1.unsqueeze(-1) * (s - torch.where(fin, smax, 0).unsqueeze(-1))
     p_saved = (z - tau.double().unsqueeze(-1)).clamp_min(0) ** (1 / am1.unsqueeze(-1))
     torch.testing.assert_close(p_saved.nan_to_num(0), p, rtol=0, atol=100 * tol)
-    # u_out = sum_j u_j v_j / sum_j u_j with u = p^(2 - alpha) on the support
+    # out + u_shift = sum_j u_j v_j / sum_j u_j with u = p^(2 - alpha) on the support
     u = torch.where(p > 0, p.clamp_min(1e-300) ** (1 - am1.unsqueeze(-1)), 0.0)
     v_heads = v.double().repeat_interleave(Hq // v.shape[1], 1)
     u_expected = (u @ v_heads) / u.sum(-1, keepdim=True).clamp_min(1e-300)
@@ -131,7 +131,7 @@ def test_attention_forward(oracle, case):
     # float32 rounding of d = z - tau is relatively large; for alpha > 2 u itself is unbounded)
     alpha_max = ha.max().item() if ha is not None else alpha
     u_tol = 2e-3 if alpha_max > 2 else max(tol, 1e-4)
-    torch.testing.assert_close(u_out.double(), u_expected, rtol=u_tol, atol=u_tol)
+    torch.testing.assert_close(out.double() + u_shift.double(), u_expected, rtol=u_tol, atol=u_tol)
     # the table bounds max (s - row_max) over each tile from above, or is -inf on a tile with no
     # p > 0; the tiles the backward finds live are exactly those with some p > 0
     rel = torch.nn.functional.pad(s - torch.where(fin, smax, 0).unsqueeze(-1),
@@ -262,7 +262,7 @@ BACKWARD_CASES = {
 @pytest.mark.parametrize("case", BACKWARD_CASES)
 def test_attention_backward(oracle, case):
     """dq, dk, dv (and dalpha) against autograd of a float64 dense entmax-package attention, with
-    delta from the forward's u_out and from a pass of its own; two runs agree bitwise; rows that
+    delta from the forward's u_shift and from a pass of its own; two runs agree bitwise; rows that
     see no key get zero dq."""
     cfg = dict(BACKWARD_CASES[case])
     causal, mask, alpha = cfg.pop("causal", False), cfg.pop("mask", None), cfg.pop("alpha", 1.5)
@@ -271,13 +271,13 @@ def test_attention_backward(oracle, case):
     B, Hq, Nq, _ = q.shape
     m = _mask(mask, B, Hq, Nq, k.shape[2])
     ha = torch.tensor(head_alpha, device=DEV) if head_alpha else None
-    out, tau, row_max, tile_max, u_out = attention_fwd.attention_forward(
+    out, tau, row_max, tile_max, u_shift = attention_fwd.attention_forward(
         q, k, v, m, causal, sm_scale, alpha, ha, for_backward=True)
     do = torch.randn_like(out)
     runs = [attention_bwd.attention_backward(do, q, k, v, tau, row_max, tile_max, m, causal,
                                              sm_scale, alpha, ha, need_alpha_grad=ha is not None,
-                                             u_out=u)
-            for u in (u_out, u_out, None)]
+                                             out=out, u_shift=u)
+            for u in (u_shift, u_shift, None)]
     for g1, g2 in zip(runs[0], runs[1]):
         assert g1 is None or torch.equal(g1, g2)
     assert (runs[0][3] is None) == (ha is None)

@@ -103,14 +103,14 @@ def test_opcheck_entmax_attention(case, for_backward):
 @pytest.mark.parametrize("case", ATTENTION_CASES)
 def test_opcheck_entmax_attention_backward(case):
     q, k, v, mask, dropout_p, causal, scale, alpha, head_alpha, seed = _attention_case(case)
-    out, tau, row_max, tile_max, u_out = ops.entmax_attention(
+    out, tau, row_max, tile_max, u_shift = ops.entmax_attention(
         q, k, v, mask, dropout_p, causal, scale, alpha, head_alpha, seed, True)
     grad_out = torch.randn_like(out)
     need_mask = mask is not None and mask.is_floating_point()
     for flags in {(False, False), (need_mask, head_alpha is not None)}:
         _opcheck(ops.entmax_attention_backward.default,
-                 (grad_out, q, k, v, tau, row_max, tile_max, u_out, mask, dropout_p, causal, scale,
-                  alpha, head_alpha, seed, *flags))
+                 (grad_out, q, k, v, tau, row_max, tile_max, out, u_shift, mask, dropout_p, causal,
+                  scale, alpha, head_alpha, seed, *flags))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_tau_and_tile_max(oracle, is_causal, alpha):
     mask[..., 5, :] = -math.inf
     mask[..., 64:, :80] = -math.inf  # whole tiles excluded
     a = torch.tensor([1.3, 2.2], dtype=F64) if alpha == "per-head" else alpha
-    out, tau, row_max, tile_max, u_out = ops.entmax_attention(
+    out, tau, row_max, tile_max, u_shift = ops.entmax_attention(
         q, k, v, mask, 0.0, is_causal, None, 1.5 if alpha == "per-head" else alpha,
         a if alpha == "per-head" else None, None, True)
     s = oracle.scores(q, k, mask, is_causal)
@@ -150,11 +150,11 @@ def test_tau_and_tile_max(oracle, is_causal, alpha):
     torch.testing.assert_close(row_max, smax, rtol=0, atol=0)
     shift = torch.where(torch.isinf(smax), 0.0, smax).unsqueeze(-1)
     torch.testing.assert_close(tile_max, _tiles_max(s - shift), rtol=0, atol=0)
-    # u_out: the u-weighted mean of the values, u = p^(2 - alpha), so that the backward's
-    # delta = sum_j u_j dP_j / sum_j u_j is rowsum(dO u_out)
+    # out + u_shift: the u-weighted mean of the values, u = p^(2 - alpha), so that the backward's
+    # delta = sum_j u_j dP_j / sum_j u_j is rowsum(dO (out + u_shift))
     u = torch.where(p > 0, p ** (1 - am1).unsqueeze(-1), 0.0)  # p^(2 - alpha)
-    expected_u_out = (u @ v) / u.sum(-1, keepdim=True).clamp_min(1e-300)
-    torch.testing.assert_close(u_out, expected_u_out, rtol=1e-9, atol=1e-11)
+    expected_u_shift = (u @ v) / u.sum(-1, keepdim=True).clamp_min(1e-300)
+    torch.testing.assert_close(out + u_shift, expected_u_shift, rtol=1e-9, atol=1e-11)
 
     # The promise the kernels rely on: a tile whose entry is at most the smallest relative
     # threshold tau / (alpha - 1) of its rows holds no weight.

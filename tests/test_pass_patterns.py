@@ -236,8 +236,8 @@ def test_gqa_folds_repeat_kv_into_the_op():
 
 
 @pytest.mark.parametrize("grad", ["inputs require grad", "no grad mode", "no input requires grad"])
-def test_the_op_keeps_u_out_only_where_a_backward_follows(grad):
-    """for_backward (the backward's u_out) is set where autograd will record the call, and only
+def test_the_op_keeps_u_shift_only_where_a_backward_follows(grad):
+    """for_backward (the backward's u_shift) is set where autograd will record the call, and only
     there: it costs the forward a product per tile."""
     q, k, v = (t.requires_grad_(grad != "no input requires grad") for t in qkv())
     with torch.set_grad_enabled(grad != "no grad mode"):
