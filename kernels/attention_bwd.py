@@ -12,9 +12,8 @@ Only the (query block, key tile) pairs that the forward's tile table marks live 
 ``live_lists`` lists them per query block and per key tile in two small kernels (``live_blocks``
 states the same rule in torch). ``adasplash_attention_bwd_dq`` (one program per query block)
 reads delta = sum_j u_ij dO_i v_j / sum_j u_ij = rowsum(dO (out + u_shift)) off the forward's
-out and u_shift, or
-makes a first pass over the tiles for it (and for dalpha), then one for dq, whose interior key
-tiles skip the range and causal checks; ``adasplash_attention_bwd_dkdv`` (one program per key
+out and u_shift, or makes a first pass over the tiles for it (and for dalpha), then one for dq,
+whose interior key tiles skip the range and causal checks; ``adasplash_attention_bwd_dkdv`` (one program per key
 tile and query head) accumulates dk, dv.
 Every output element is written by one program: the results are bitwise reproducible. With
 grouped-query attention, dk and dv are written per query head and summed over each group.
@@ -102,11 +101,11 @@ def adasplash_attention_bwd_dq(
 
     if DELTA_FROM_U:
         # delta = sum u dO v / sum u = rowsum(dO (out + u_shift)): no pass over the tiles
-        u_mean = (load_tile(Out + bh.to(tl.int64) * Nq * DV, offs_m, offs_dv, DV, 1, Nq, DV)
-                  .to(tl.float32)
-                  + load_tile(UShift + bh.to(tl.int64) * Nq * DV, offs_m, offs_dv, DV, 1, Nq, DV)
-                  .to(tl.float32))
-        delta = tl.sum(do.to(tl.float32) * u_mean, 1)
+        # (out and u_shift are contiguous (B, Hq, Nq, DV))
+        o_base = bh.to(tl.int64) * Nq * DV
+        out = load_tile(Out + o_base, offs_m, offs_dv, DV, 1, Nq, DV).to(tl.float32)
+        u_shift = load_tile(UShift + o_base, offs_m, offs_dv, DV, 1, Nq, DV).to(tl.float32)
+        delta = tl.sum(do.to(tl.float32) * (out + u_shift), 1)
     else:
         delta = _delta_pass(q, do, K, V, Mask, KList, n_live, k_base, v_base, mask_base, offs_m,
                             offs_b, offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd,
