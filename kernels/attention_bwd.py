@@ -366,6 +366,8 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
         k_list, k_count, q_list, q_count = live_lists(tau, tile_max, alpha, head_alpha, bm_q,
                                                       launch)
         from_u = u_shift is not None and u_shift.numel() > 0 and not need_alpha_grad
+        if from_u and out is None:
+            raise ValueError("attention_backward: u_shift is relative to out; pass the forward's out")
         launch(adasplash_attention_bwd_dq)[(k_count.shape[-1], B * Hq)](
             q, k, v, do, out.contiguous() if from_u else q, u_shift.contiguous() if from_u else q,
             mask, ha, row_max, tau, k_list, k_count, dq, delta, da_rows, *strides, Hq, G, Nq, Nk,

@@ -314,6 +314,15 @@ def test_attention_backward_without_keys():
     assert (out == 0).all() and (dq == 0).all() and dk.shape == k.shape and dv.shape == v.shape
 
 
+def test_attention_backward_needs_out_with_u_shift():
+    q, k, v = _qkv()
+    out, tau, row_max, tile_max, u_shift = attention_fwd.attention_forward(
+        q, k, v, None, False, None, 1.5, for_backward=True)
+    with pytest.raises(ValueError, match="pass the forward's out"):
+        attention_bwd.attention_backward(torch.randn_like(out), q, k, v, tau, row_max, tile_max,
+                                         None, False, None, 1.5, u_shift=u_shift)
+
+
 ROW_CASES = [
     (7, 1.5), (100, 1.5), (1000, 1.5), (100, 2.0), (300, 1.3), (300, 2.7), (5000, 1.5),
     (9000, 1.3),  # a histogram start
