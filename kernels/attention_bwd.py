@@ -13,8 +13,8 @@ Only the (query block, key tile) pairs that the forward's tile table marks live 
 states the same rule in torch). ``adasplash_attention_bwd_dq`` (one program per query block)
 reads delta = sum_j u_ij dO_i v_j / sum_j u_ij = rowsum(dO (out + u_shift)) off the forward's
 out and u_shift, or makes a first pass over the tiles for it (and for dalpha), then one for dq,
-whose interior key tiles skip the range and causal checks; ``adasplash_attention_bwd_dkdv`` (one program per key
-tile and query head) accumulates dk, dv.
+whose interior key tiles skip the range and causal checks; ``adasplash_attention_bwd_dkdv``
+(one program per key tile and query head) accumulates dk, dv.
 Every output element is written by one program: the results are bitwise reproducible. With
 grouped-query attention, dk and dv are written per query head and summed over each group.
 """
@@ -367,13 +367,14 @@ def attention_backward(grad_out, q, k, v, tau, row_max, tile_max, attn_mask, is_
                                                       launch)
         from_u = u_shift is not None and u_shift.numel() > 0 and not need_alpha_grad
         if from_u and out is None:
-            raise ValueError("attention_backward: u_shift is relative to out; pass the forward's out")
+            raise ValueError(
+                "attention_backward: u_shift is relative to out; pass the forward's out")
         launch(adasplash_attention_bwd_dq)[(k_count.shape[-1], B * Hq)](
             q, k, v, do, out.contiguous() if from_u else q, u_shift.contiguous() if from_u else q,
             mask, ha, row_max, tau, k_list, k_count, dq, delta, da_rows, *strides, Hq, G, Nq, Nk,
-            D, DV, n_tn, scale, float(alpha), NEED_DALPHA=need_alpha_grad, DELTA_FROM_U=from_u, BLOCK_M=bm_q,
-            BLOCK_N=TILE, LIST_CHUNK=LIST_CHUNK, **common, num_warps=8 if bm_q > TILE else 4,
-            num_stages=1 if small else 2,
+            D, DV, n_tn, scale, float(alpha), NEED_DALPHA=need_alpha_grad, DELTA_FROM_U=from_u,
+            BLOCK_M=bm_q, BLOCK_N=TILE, LIST_CHUNK=LIST_CHUNK, **common,
+            num_warps=8 if bm_q > TILE else 4, num_stages=1 if small else 2,
         )
         launch(adasplash_attention_bwd_dkdv)[(n_tn, B * Hq)](
             q, k, v, do, mask, ha, row_max, tau, delta, q_list, q_count, dk, dv, *strides,

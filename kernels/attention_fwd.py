@@ -333,9 +333,9 @@ def adasplash_attention_out(
     STATS: tl.constexpr, U_SHIFT: tl.constexpr,
 ):
     """out = sum_j p_j v_j / sum_j p_j over the tiles live for tau and, if U_SHIFT, the backward's
-    u_shift = sum_j u_j v_j / sum_j u_j - out, u = p^(2 - alpha). (A kernel of its own: the list it builds
-    then depends on loaded values only, which keeps Inductor's analysis of what the kernels write
-    exact.)"""
+    u_shift = sum_j u_j v_j / sum_j u_j - out, u = p^(2 - alpha). (A kernel of its own: the list
+    it builds then depends on loaded values only, which keeps Inductor's analysis of what the
+    kernels write exact.)"""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)
     # Pointers, indices and whatever picks list positions (alpha, the row statistics) are
