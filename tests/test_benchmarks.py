@@ -150,3 +150,34 @@ def test_save_rows_records_arguments_environment_and_rows(tmp_path):
     assert saved["args"] == {"seq": 128, "alpha": 1.3} and saved["rows"] == rows
     assert saved["env"]["torch"] == torch.__version__ and saved["env"]["card"].startswith("cpu")
     assert table_row(["1", "0.5"]) == "| 1 | 0.5 |"
+
+
+def test_registers_compiles_every_attention_kernel():
+    """``benchmarks.registers`` compiles each attention kernel launch for a Hopper card (no GPU
+    needed) and reads registers and spills from ptxas: one row per kernel specialization (the
+    output pass with and without u_shift), registers within the card's 255."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.registers", "--dtype", "bfloat16",
+                           "--head-dim", "64"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0 and ("set_active" in done.stderr or "get_ptxas" in done.stderr):
+        pytest.skip("this Triton cannot compile for a GPU here: "
+                    + done.stderr.strip().splitlines()[-1])
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
+    kernels = [row[1] for row in rows]
+    assert sorted(set(kernels)) == ["attention_bwd_dkdv", "attention_bwd_dq",
+                                    "attention_bwd_key_lists", "attention_bwd_query_lists",
+                                    "attention_max", "attention_out", "attention_threshold"]
+    assert kernels.count("attention_out") == 2
+    for row in rows:
+        registers, stores, loads = int(row[5]), int(row[6]), int(row[7].rstrip(" |"))
+        assert 0 < registers <= 255 and stores >= 0 and loads >= 0, row

@@ -25,15 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent("""
     import inspect, json, torch
     import torch._higher_order_ops.triton_kernel_wrap as tkw
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
-    if not torch.cuda.is_available():
-        class _Hopper:
-            def get_current_target(self):
-                return GPUTarget("cuda", 90, 32)
-            def get_active_torch_device(self):
-                return torch.device("cpu")
-        driver.set_active(_Hopper())
+    from benchmarks.registers import use_hopper_without_gpu
+    use_hopper_without_gpu()
     analyze = getattr(tkw, "identify_accessed_tensors", None)
     from kernels import attention_bwd, attention_fwd, entmax_rows
     from lowering import reference
