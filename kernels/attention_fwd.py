@@ -20,10 +20,9 @@ For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf
    (out as stored, in its dtype), u_mean = sum_j u_j v_j / sum_j u_j, u = p^(2 - alpha), from
    which delta = rowsum(dO (out + u_shift)) (the entmax form of flash attention's rowsum(dO out);
    a part common to the values, which the backward cancels, lies in out, stored exactly). A
-   visited tile whose weights are all
-   zero for a 64-row slice gets -inf in the table, so that the backward visits only the tiles
-   that hold some p > 0 (the table's bound alone is loose: it mixes the rows of a slice and uses
-   the running max).
+   visited tile whose weights are all zero for a 64-row slice gets -inf in the table, so that the
+   backward visits only the tiles that hold some p > 0 (the table's bound alone is loose: it
+   mixes the rows of a slice and uses the running max).
 
 Tiles with every key in range and, if causal, before the block's first row (``_interior_tiles``)
 skip the range and causal checks: the dense sweep visits them apart, and the sparse passes, whose
