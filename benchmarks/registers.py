@@ -28,7 +28,8 @@ import torch
 from .timing import table_row
 
 _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-          torch.int32: "i32", torch.int64: "i64", torch.bool: "i1", torch.uint8: "u8"}
+          torch.int8: "i8", torch.int32: "i32", torch.int64: "i64", torch.bool: "i1",
+          torch.uint8: "u8"}
 
 
 def use_hopper_without_gpu() -> None:

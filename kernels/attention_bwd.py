@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import (LIST_CHUNK, TILE, _append, _interior_tiles, _live_list, dot_precision,
+from .attention_fwd import (LIST_CHUNK, TILE, _append, _interior_tiles, _slice_list, dot_precision,
                            mask_4d)
 from .entmax_rows import alpha_mode
 from .threshold import p_and_u
@@ -270,8 +270,8 @@ def adasplash_attention_bwd_key_lists(
     slice_ok = slices < n_tiles_m
     tl.store(Thr + bh.to(tl.int64) * n_tiles_m + slices, thr, mask=slice_ok)
     block = bh.to(tl.int64) * tl.num_programs(0) + pid_m
-    n_live, _, _ = _live_list(TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n,
-                              slice_ok, KList + block * n_tiles_n, n_tiles_n, 0, thr, CHUNK)
+    n_live = _slice_list(TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n, slice_ok,
+                         KList + block * n_tiles_n, n_tiles_n, thr, CHUNK)
     tl.store(KCount + block, n_live)
 
 

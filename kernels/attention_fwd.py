@@ -3,26 +3,35 @@
 For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf where excluded):
 
 1. ``adasplash_attention_max`` (dense): one sweep over the admissible key tiles gives the row max m
-   and, per TILE x TILE tile, an upper bound of max (s_ij - m_i) over the tile: the tile-max table,
-   which the backward reads too. The sweep runs from the last key tile down, so that for causal
-   (local) attention the row max is found first; the bound uses the running max, which only grows.
-   For the alphas of ``HISTOGRAM_MODES`` it also counts the scores near the max in 8 bins and
-   writes a start for tau, within one bin of it (``histogram.py``).
+   and two tables of tile maxima. The slice table holds, per TILE x TILE tile, an upper bound of
+   max (s_ij - m_i) over the tile, which the backward reads too; it uses the running max, which
+   only grows (the sweep runs from the last key tile down, so that for causal, local attention
+   the row max comes first). The row table, scratch for the forward, holds per row and tile the
+   max of y = (alpha - 1)(s - r) in int8 steps of 1/127 (``_row_code``), r the running max
+   after the first block of keys: a fixed reference, so that z = y - (alpha - 1)(m - r) is
+   bounded above, and from below to within a step, by it. (Rows attend to different tiles: the
+   output pass visited 1.9x the tiles that hold some p > 0 with lists from the slice table at
+   block sparsity 0.74, 1.01x with the row table.) For the alphas of ``HISTOGRAM_MODES`` the
+   sweep also counts the scores near the max in 8 bins and writes a start for tau, within one
+   bin of it (``histogram.py``).
 2. ``adasplash_attention_threshold`` (sparse): with z = (alpha - 1)(s - m) (max 0), threshold
-   passes (``threshold.py``) start there, or else at t = -1 <= tau. A tile can hold some z > t
-   only if its table entry reaches t / (alpha - 1) for one of its rows, so each pass first
-   compacts the list of such tiles, then visits only them, until the support is proven
-   unchanged (t = tau). The proof's gap is cut at the largest table entry of the tiles a pass
-   skipped.
-3. ``adasplash_attention_out`` (sparse): visits the tiles live for tau:
+   passes (``threshold.py``) over the tiles whose row-table bound reaches t for one of the rows,
+   until the support is proven unchanged (t = tau). The candidates, the tiles with some z > -1,
+   are listed first (from the slice table, then the row table); every pass takes its list from
+   them. The passes start at the histogram's start, at the threshold of the row's tile maxima
+   (``_table_start``, a lower bound of tau: for blocks with many candidates), or at -1 <= tau.
+   The proof's gap is cut at the largest bound of the tiles a pass skipped.
+3. ``adasplash_attention_out`` (sparse): visits the candidates live for tau:
    out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the
    exact tau and absorbs rounding). For the backward it can also give u_shift = u_mean - out
    (out as stored, in its dtype), u_mean = sum_j u_j v_j / sum_j u_j, u = p^(2 - alpha), from
    which delta = rowsum(dO (out + u_shift)) (the entmax form of flash attention's rowsum(dO out);
-   a part common to the values, which the backward cancels, lies in out, stored exactly). A
-   visited tile whose weights are all zero for a 64-row slice gets -inf in the table, so that the
-   backward visits only the tiles that hold some p > 0 (the table's bound alone is loose: it
-   mixes the rows of a slice and uses the running max).
+   a part common to the values, which the backward cancels, lies in out, stored exactly). The
+   tiles left out, and visited tiles whose weights are all zero for a 64-row slice, get -inf in
+   the slice table, so that the backward visits only the tiles that hold some p > 0.
+
+The row table takes Nq x (key tiles) bytes per head (64 MiB for 16 heads at N = 16k); where it
+would take more than ROW_TABLE_BYTES the heads run in groups.
 
 Tiles with every key in range and, if causal, before the block's first row (``_interior_tiles``)
 skip the range and causal checks: the dense sweep visits them apart, and the sparse passes, whose
@@ -44,10 +53,26 @@ from .tiles import load_tile, score_tile, shifted_scores
 TILE = 64
 MAX_STEPS = 32
 LIST_CHUNK = 128
+ROW_CHUNK = tl.constexpr(64)  # key tiles per step through the row table (128 spills the passes)
+# The row table's start for tau (``_table_start``): up to TABLE_STEPS updates, for query blocks
+# with at least TABLE_START_TILES candidate tiles, and a quarter of their key tiles or more (else
+# starting at -1 was measured faster: on an H100 at N = 16k, the start for every block cut the
+# threshold passes 5.9 -> 4.8 ms at block sparsity 0 and 1.9 -> 1.8 at 0.74, but cost
+# 0.84 -> 1.09 ms at 0.90, where blocks have few candidates).
+TABLE_STEPS = tl.constexpr(3)
+TABLE_START_TILES = tl.constexpr(8)
 # Query rows per program of the dense and the sparse kernel (head dims up to 128; 64 above).
 DENSE_BLOCK_M = 128
-DENSE_KEY_TILES = 2  # key tiles per step of the dense sweep
+# Key tiles per step of the dense sweep: 4 for 16-bit inputs (fewer row-table stores: the sweep
+# took 1.55 ms with 2, 1.33 with 4 on an H100 at N = 16k, H = 16, D = 128), 2 for float32 (4
+# spills heavily and takes 90 s to compile).
+DENSE_KEY_TILES = 4
+DENSE_KEY_TILES_F32 = 2
 SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
+# The row table codes z in steps of 1 / CODE_UNIT. It holds Nq x (key tiles) bytes per head; a
+# forward whose table would exceed ROW_TABLE_BYTES runs its heads in groups that fit (one at least).
+CODE_UNIT = tl.constexpr(127.0)
+ROW_TABLE_BYTES = 1 << 28
 # ALPHA_MODEs whose threshold passes start from the sweep's histogram (``histogram.py``); the
 # others start from t = -1. The histogram pays for itself only where passes are costly: measured
 # on an H200 (N = 16k, H = 16, D = 128, bf16, causal), it makes the sweep 1.1 -> 2.1-3.1 ms and
@@ -58,10 +83,11 @@ HISTOGRAM_MODES = (0,)
 
 
 @triton.jit
-def _program_coords(Hq, G, Nq, Nk, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexpr):
-    """(pid_m, bh, b, h, kv head, number of key tiles to visit); longest causal blocks first."""
+def _program_coords(Hq, G, Nq, Nk, BH0, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """(pid_m, bh, b, h, kv head, number of key tiles to visit) of a launch over the heads
+    BH0, BH0 + 1, ... of the flattened batch x heads; longest causal blocks first."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = BH0 + tl.program_id(1)
     b = bh // Hq
     h = bh % Hq
     if IS_CAUSAL:
@@ -84,14 +110,44 @@ def _interior_tiles(pid_m, Nq, Nk, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexp
 
 
 @triton.jit
+def _row_entries(rt_base, offs_m, kt, Nq):
+    """Pointers to the row table's entries of rows offs_m and key tiles kt, a (rows x tiles)
+    block: the table of a head is stored tile by tile, (key tiles, Nq)."""
+    return rt_base + kt[None, :] * Nq + offs_m[:, None]
+
+
+@triton.jit
+def _load_codes(rt_base, offs_m, kt, Nq, tile_ok):
+    """The row table's entries of rows offs_m and key tiles kt, -128 (no z) outside the rows and
+    where tile_ok is False. (Not through the load's `other`: Triton 3.6 fills masked int8 lanes
+    of a vector load with -1 there.)"""
+    valid = (offs_m < Nq)[:, None] & tile_ok[None, :]
+    code = tl.load(_row_entries(rt_base, offs_m, kt, Nq), mask=valid, other=0)
+    return tl.where(valid, code, -128)
+
+
+@triton.jit
+def _row_code(rel, am1):
+    """The row table's entry for a tile on which a row's largest s - r is rel (r: the row's
+    reference, ``_max_block``): the int8 c with (c - 1) / CODE_UNIT <= y < c / CODE_UNIT,
+    y = (alpha - 1) rel; -128 for y < -1 (no pass needs it: z <= y and t >= -1) and 127 for
+    y >= 126 / CODE_UNIT, which bounds nothing."""
+    c = tl.floor(am1 * rel * CODE_UNIT) + 1.0
+    return tl.minimum(tl.maximum(c, -128.0), 127.0).to(tl.int8)
+
+
+@triton.jit
 def _max_block(q, K, Mask, k_base, mask_base, offs_m, kb, offs_d, stride_kn, stride_kd, stride_mm,
-               stride_mn, Nq, Nk, D, scale, m, lo, hi, top, c, tm_ptrs, slices, n_tiles_m,
-               n_tiles_n, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+               stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c, tm_ptrs, rt_base,
+               slices, n_tiles_m, n_tiles_n, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
                PRECISION: tl.constexpr, BOUNDS: tl.constexpr, HISTOGRAM: tl.constexpr,
                R: tl.constexpr, T: tl.constexpr):
-    """One block of T key tiles of the dense sweep: updates the row max m and, if HISTOGRAM, the
-    counts (lo, hi, top) of ``histogram_update``, and writes, per 64-row slice and tile, the max
-    of s - m over the tile (>= its value for the final m)."""
+    """One block of T key tiles of the dense sweep: updates the row max m, the reference r and,
+    if HISTOGRAM, the counts (lo, hi, top) of ``histogram_update``, and writes the max over each
+    tile of s - m per 64-row slice (>= its value for the final m) and of s - r per row, coded
+    (``_row_code``). r is the running max after the first block with an admissible key: a fixed
+    reference, whose distance to the final m the readers take off (the running max itself, rising
+    after the first tiles are coded, would make their entries useless as values of z)."""
     s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kb * 64 * T + tl.arange(0, 64 * T),
                    offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
                    IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
@@ -99,30 +155,35 @@ def _max_block(q, K, Mask, k_base, mask_base, offs_m, kb, offs_d, stride_kn, str
     tile_max = tl.max(s, 2)
     s_max = tl.max(tile_max, 1)
     m = tl.maximum(m, s_max)
+    ref = tl.where(ref == float("-inf"), m, ref)
     if HISTOGRAM:
         lo, hi, top = histogram_update(lo, hi, top, s, s_max, m, c)
     rel = tl.where(tile_max == float("-inf"), float("-inf"), tile_max - m[:, None])
     kt = kb * T + tl.arange(0, T)
+    rel_ref = tl.where(tile_max == float("-inf"), float("-inf"), tile_max - ref[:, None])
+    tl.store(_row_entries(rt_base, offs_m, kt, Nq), _row_code(rel_ref, am1),
+             mask=(offs_m < Nq)[:, None] & (kt < n_tiles_n)[None, :])
     tl.store(tm_ptrs[:, None] + kt[None, :], tl.max(tl.reshape(rel, (R, 64, T)), 1),
              mask=(slices < n_tiles_m)[:, None] & (kt < n_tiles_n)[None, :])
-    return m, lo, hi, top
+    return m, ref, lo, hi, top
 
 
 @triton.jit
 def adasplash_attention_max(
-    Q, K, Mask, HeadAlpha, RowMax, TileMax, Tau,
+    Q, K, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, Tau,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, scale, alpha,
+    Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, BH0, scale, alpha,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, HISTOGRAM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
 ):
-    """Row max, tile-max table and, if HISTOGRAM, the histogram start of tau (written to Tau)."""
+    """Row max, tile-max tables (per slice, and per row for this launch's heads) and, if
+    HISTOGRAM, the histogram start of tau (written to Tau)."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
-    pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
+    pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BH0, BLOCK_M, IS_CAUSAL)
     if HEAD_ALPHA:
         am1 = tl.load(HeadAlpha + h).to(tl.float32) - 1.0
     else:
@@ -134,27 +195,30 @@ def adasplash_attention_max(
     mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
     slices = pid_m * R + tl.arange(0, R)
     tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
+    rt_base = RowTable + tl.program_id(1).to(tl.int64) * n_tiles_n * Nq
 
     # blocks of T tiles; the interior ones are the blocks of interior tiles only
     n_kb = tl.cdiv(n_kt, T)
     n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL) // T
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    ref = m
     c = am1 * BINS
     lo = tl.zeros([BLOCK_M], tl.int64)
     hi = tl.zeros([BLOCK_M], tl.int64)
     top = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for i in range(0, n_kb - n_free):
-        m, lo, hi, top = _max_block(
+        m, ref, lo, hi, top = _max_block(
             q, K, Mask, k_base, mask_base, offs_m, n_kb - 1 - i, offs_d, stride_kn, stride_kd,
-            stride_mm, stride_mn, Nq, Nk, D, scale, m, lo, hi, top, c, tm_ptrs, slices, n_tiles_m,
-            n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, True, HISTOGRAM, R, T)
+            stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c, tm_ptrs, rt_base,
+            slices, n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, True, HISTOGRAM, R, T)
     for i in range(0, n_free):
-        m, lo, hi, top = _max_block(
+        m, ref, lo, hi, top = _max_block(
             q, K, Mask, k_base, mask_base, offs_m, n_free - 1 - i, offs_d, stride_kn, stride_kd,
-            stride_mm, stride_mn, Nq, Nk, D, scale, m, lo, hi, top, c, tm_ptrs, slices, n_tiles_m,
-            n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, False, HISTOGRAM, R, T)
+            stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c, tm_ptrs, rt_base,
+            slices, n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, False, HISTOGRAM, R, T)
     rows = bh.to(tl.int64) * Nq + offs_m
     tl.store(RowMax + rows, m, mask=offs_m < Nq)
+    tl.store(RowRef + tl.program_id(1).to(tl.int64) * Nq + offs_m, ref, mask=offs_m < Nq)
     if HISTOGRAM:
         tl.store(Tau + rows, histogram_start(lo, hi, top, m, c, 1.0 / am1, ALPHA_MODE),
                  mask=offs_m < Nq)
@@ -168,20 +232,54 @@ def _append(List, n, live, values):
 
 
 @triton.jit
-def _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, CHUNK: tl.constexpr):
-    """Write to List, in ascending order, the key tiles whose table entry reaches thr for some
-    64-row slice; return how many, how many of them are below n_free (the interior ones, first in
-    the list), and per slice the largest entry of the tiles left out (every s - m the pass does not
-    see is at most that). The same program reads the list back after the barrier."""
+def _slice_list(tm_ptrs, slice_ok, List, n_kt, thr, CHUNK: tl.constexpr):
+    """Write to List, in ascending order, the first n_kt key tiles whose slice-table entry reaches
+    thr for one of the 64-row slices; return how many."""
     n_live = tl.full([], 0, tl.int32)
-    n_int = tl.full([], 0, tl.int32)
-    unseen = tl.full(thr.shape, float("-inf"), tl.float32)
     for c in range(0, n_kt, CHUNK):
         kt = c + tl.arange(0, CHUNK)
-        tmax = tl.load(tm_ptrs[:, None] + kt[None, :], mask=slice_ok[:, None] & (kt[None, :] < n_kt),
-                       other=float("-inf"))
-        live = (tl.max((tmax >= thr[:, None]).to(tl.int32), 0) > 0) & (kt < n_kt)
-        unseen = tl.maximum(unseen, tl.max(tl.where(live[None, :], float("-inf"), tmax), 1))
+        tmax = tl.load(tm_ptrs[:, None] + kt[None, :],
+                       mask=slice_ok[:, None] & (kt < n_kt)[None, :], other=float("-inf"))
+        n_live = _append(List, n_live, (tl.max((tmax >= thr[:, None]).to(tl.int32), 0) > 0)
+                         & (kt < n_kt), kt)
+    tl.debug_barrier()
+    return n_live
+
+
+@triton.jit
+def _chunk_tiles(Src, c, n_src, CHUNK: tl.constexpr):
+    """The key tiles Src[c:c + CHUNK] of a list of n_src, and which exist."""
+    i = c + tl.arange(0, CHUNK)
+    ok = i < n_src
+    return tl.load(Src + i, mask=ok, other=0), ok
+
+
+@triton.jit
+def _live_list(rt_base, offs_m, Nq, shift, Src, n_src, List, n_free, t, tm_ptrs, slice_ok,
+               MARK: tl.constexpr, CHUNK: tl.constexpr):
+    """Write to List, in ascending order, the candidate tiles (the ascending list Src[:n_src])
+    that can hold some z > t: those whose bound c / CODE_UNIT - shift (c: the row table's entry,
+    1e30 for a saturated one; shift = (alpha - 1)(m - r) per row) reaches t for one of the rows
+    (t = +inf: the row needs none). Return how many, how many of them are below n_free (the
+    interior ones, first in the list), and per row the largest bound of the candidates left out.
+    MARK: set the slice table of those to -inf. The same program reads the list back after the
+    barrier."""
+    n_live = tl.full([], 0, tl.int32)
+    n_int = tl.full([], 0, tl.int32)
+    unseen = tl.full(t.shape, float("-inf"), tl.float32)
+    for c in range(0, n_src, CHUNK):
+        kt, ok = _chunk_tiles(Src, c, n_src, CHUNK)
+        # ``_load_codes`` written out: the stores below depend on it, and Inductor's analysis of
+        # what a kernel writes ties a helper's results to all of its arguments
+        valid = (offs_m < Nq)[:, None] & ok[None, :]
+        code = tl.load(_row_entries(rt_base, offs_m, kt, Nq), mask=valid, other=0)
+        bound = tl.where(code == 127, 1e30, code.to(tl.float32) / CODE_UNIT - shift[:, None])
+        bound = tl.where(valid, bound, float("-inf"))
+        live = (tl.max((bound >= t[:, None]).to(tl.int32), 0) > 0) & ok
+        unseen = tl.maximum(unseen, tl.max(tl.where(live[None, :], float("-inf"), bound), 1))
+        if MARK:
+            tl.store(tm_ptrs[:, None] + kt[None, :], float("-inf"),
+                     mask=slice_ok[:, None] & (ok & ~live)[None, :])
         n_live = _append(List, n_live, live, kt)
         n_int += tl.sum((live & (kt < n_free)).to(tl.int32), 0)
     tl.debug_barrier()
@@ -189,10 +287,36 @@ def _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _slice_threshold(t, am1, R: tl.constexpr):
-    """Per 64-row slice, the smallest t / (alpha - 1): a tile whose entry (an upper bound of
-    s - m) is below it holds no z > t."""
-    return tl.min(tl.reshape(t / am1, (R, 64)), 1)
+def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: tl.constexpr,
+                 STEPS: tl.constexpr, CHUNK: tl.constexpr):
+    """A start for tau from the row table alone: the threshold of the row's tile maxima, each
+    taken at (c - 1) / CODE_UNIT - shift, at most the tile's largest z (up to STEPS updates from
+    -1). It is at most tau: a subset of a row's z, made smaller, has a smaller f. Only the tiles
+    of Src[:n_src] count, which must hold every tile with some z > -1."""
+    t = tl.where(empty, float("inf"), -1.0)
+    lo = t
+    hi = tl.where(empty, float("inf"), 0.0)
+    prev = tl.full(t.shape, -1.0, tl.float32)
+    done = empty
+    step = 0
+    while (step < STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
+        count = tl.zeros(t.shape, tl.float32)
+        s1 = tl.zeros(t.shape, tl.float32)
+        s2 = tl.zeros(t.shape, tl.float32)
+        for c in range(0, n_src, CHUNK):
+            kt, ok = _chunk_tiles(Src, c, n_src, CHUNK)
+            code = _load_codes(rt_base, offs_m, kt, Nq, ok)
+            y = (code.to(tl.float32) - 1.0) / CODE_UNIT - shift[:, None]
+            c0, c1, c2, _ = threshold_terms(y - t[:, None], ALPHA_MODE, k)
+            count += tl.sum(c0, 1)
+            s1 += tl.sum(c1, 1)
+            s2 += tl.sum(c2, 1)
+        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, 0.0, prev, k,
+                                                         ALPHA_MODE)
+        t = tl.where(done, t, t_next)
+        done = done | converged
+        step += 1
+    return t
 
 
 @triton.jit
@@ -209,24 +333,26 @@ def _tile_threshold_stats(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d,
 
 @triton.jit
 def adasplash_attention_threshold(
-    Q, K, Mask, HeadAlpha, RowMax, TileMax, List, Tau, Stats,
+    Q, K, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau, Stats,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, scale, alpha,
+    Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, BH0, scale, alpha,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, HISTOGRAM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, MAX_STEPS: tl.constexpr, LIST_CHUNK: tl.constexpr,
     STATS: tl.constexpr,
 ):
-    """tau per row: threshold passes, each over the tiles that can hold some z > t."""
+    """tau per row: threshold passes, each over the tiles that can hold some z > t. First the
+    candidates, the tiles with some z > -1 (all that any t >= -1 needs), go to the first half of
+    the program's List and their count to Count; the slice table of the others gets -inf."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
     # Pointers, indices and whatever picks list positions (alpha, the row statistics) are
     # computed here, not returned by helpers: Inductor's analysis of which tensors a kernel writes
     # ties a helper's results to all of its pointer arguments.
-    pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
+    pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BH0, BLOCK_M, IS_CAUSAL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, tl.arange(0, BLOCK_D),
                   stride_qm, stride_qd, Nq, D)
@@ -238,9 +364,18 @@ def adasplash_attention_threshold(
     slices = pid_m * R + tl.arange(0, R)
     slice_ok = slices < n_tiles_m
     tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
-    List += (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * n_tiles_n
+    # the row table and the lists hold this launch's heads only: candidates, then a pass's tiles
+    rt_base = RowTable + tl.program_id(1).to(tl.int64) * n_tiles_n * Nq
+    block = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + pid_m
+    Cand = List + block * 2 * n_tiles_n
+    List = Cand + n_tiles_n
     rows = bh.to(tl.int64) * Nq + offs_m
     m = tl.load(RowMax + rows, mask=offs_m < Nq, other=float("-inf"))
+    # shift = (alpha - 1)(m - r) turns the row table's entries into bounds of z (0 on rows with
+    # no admissible key, where m = -inf)
+    ref = tl.load(RowRef + tl.program_id(1).to(tl.int64) * Nq + offs_m, mask=offs_m < Nq,
+                  other=float("-inf"))
+    shift = tl.where(m == float("-inf"), 0.0, am1 * (m - ref))
     offs_d = tl.arange(0, BLOCK_D)
     offs_t = tl.arange(0, 64)
     k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
@@ -248,13 +383,28 @@ def adasplash_attention_threshold(
     empty = m == float("-inf")
     m = tl.where(empty, 0.0, m)
     n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
+    # the candidates: the tiles whose slice-table entry reaches -1 / (alpha - 1) (z > -1 for one
+    # of the slice's rows, cheap to find) and then whose row table says so (every z of the others
+    # lies below -1)
+    n_cand = _slice_list(tm_ptrs, slice_ok, List, n_kt, tl.full([R], -1.0, tl.float32) / am1,
+                         LIST_CHUNK)
+    n_cand, _, unseen_cand = _live_list(rt_base, offs_m, Nq, shift, List, n_cand, Cand, n_free,
+                                        tl.where(empty, float("inf"), -1.0), tm_ptrs, slice_ok,
+                                        True, ROW_CHUNK)
+    unseen_cand = tl.maximum(unseen_cand, -1.0)  # (every z the slice table rules out is below -1)
+    tl.store(Count + block, n_cand)
+    tl.debug_barrier()
+    n_cand = tl.load(Count + block)  # (read back: the stores below depend on it, see _live_list)
 
-    # start at the sweep's histogram start, or at -1 (the max alone gives p = 1 there); both are
-    # inf for empty rows. f(-1) >= 0 >= f(0) brackets tau.
+    # start at the sweep's histogram start, at the row table's or at -1 (the max alone gives p = 1
+    # there; f(-1) >= 0 >= f(0) brackets tau); all are inf for empty rows
     if HISTOGRAM:
         t = tl.load(Tau + rows, mask=offs_m < Nq, other=float("inf"))
     else:
         t = tl.where(empty, float("inf"), -1.0)
+        if (n_cand >= TABLE_START_TILES) & (4 * n_cand >= n_kt):
+            t = _table_start(rt_base, offs_m, Nq, shift, Cand, n_cand, empty, k, ALPHA_MODE,
+                             TABLE_STEPS, ROW_CHUNK)
     lo = tl.where(empty, float("inf"), -1.0)
     hi = tl.where(empty, float("inf"), 0.0)
     prev = tl.full([BLOCK_M], -1.0, tl.float32)
@@ -262,8 +412,10 @@ def adasplash_attention_threshold(
     step = 0
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
         # converged rows keep their t and no longer need their tiles
-        thr = _slice_threshold(tl.where(done, float("inf"), t), am1, R)
-        n_live, n_int, unseen = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free, thr, LIST_CHUNK)
+        n_live, n_int, unseen = _live_list(rt_base, offs_m, Nq, shift, Cand, n_cand, List,
+                                           n_free, tl.where(done, float("inf"), t), None, None,
+                                           False, ROW_CHUNK)
+        unseen = tl.maximum(unseen, unseen_cand)
         count = tl.zeros([BLOCK_M, 64], tl.float32)
         s1 = tl.zeros([BLOCK_M, 64], tl.float32)
         s2 = tl.zeros([BLOCK_M, 64], tl.float32)
@@ -278,9 +430,8 @@ def adasplash_attention_threshold(
                 s1 += c1
                 s2 += c2
                 gap = tl.minimum(gap, c3)
-        # no z the pass left out lies above am1 * unseen, so t may move down to there only
-        unseen = tl.reshape(tl.broadcast_to(unseen[:, None], (R, 64)), (BLOCK_M,))
-        gap = tl.minimum(tl.min(gap, 1), t - am1 * unseen)
+        # every z the pass left out lies below unseen, so t may move down to there only
+        gap = tl.minimum(tl.min(gap, 1), t - unseen)
         t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, tl.sum(count, 1), tl.sum(s1, 1),
                                                          tl.sum(s2, 1), gap, prev, k, ALPHA_MODE)
         t = tl.where(done, t, t_next)
@@ -320,12 +471,13 @@ def _tile_output(acc, acc_u, q, K, V, Mask, k_base, v_base, mask_base, offs_m, o
 
 @triton.jit
 def adasplash_attention_out(
-    Q, K, V, Mask, HeadAlpha, RowMax, TileMax, List, Tau, Out, UShift, Stats,
+    Q, K, V, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau, Out, UShift,
+    Stats,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    Hq, G, Nq, Nk, D, DV, n_tiles_m, n_tiles_n, scale, alpha,
+    Hq, G, Nq, Nk, D, DV, n_tiles_m, n_tiles_n, BH0, scale, alpha,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, LIST_CHUNK: tl.constexpr,
@@ -340,10 +492,8 @@ def adasplash_attention_out(
     # Pointers, indices and whatever picks list positions (alpha, the row statistics) are
     # computed here, not returned by helpers: Inductor's analysis of which tensors a kernel writes
     # ties a helper's results to all of its pointer arguments.
-    pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BLOCK_M, IS_CAUSAL)
+    pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BH0, BLOCK_M, IS_CAUSAL)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, tl.arange(0, BLOCK_D),
-                  stride_qm, stride_qd, Nq, D)
     if HEAD_ALPHA:
         am1 = tl.load(HeadAlpha + h).to(tl.float32) - 1.0
     else:
@@ -352,9 +502,19 @@ def adasplash_attention_out(
     slices = pid_m * R + tl.arange(0, R)
     slice_ok = slices < n_tiles_m
     tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
-    List += (bh.to(tl.int64) * tl.num_programs(0) + pid_m) * n_tiles_n
+    # the row table and the lists hold this launch's heads only: candidates (from the threshold
+    # kernel), then this pass's tiles
+    rt_base = RowTable + tl.program_id(1).to(tl.int64) * n_tiles_n * Nq
+    block = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + pid_m
+    Cand = List + block * 2 * n_tiles_n
+    List = Cand + n_tiles_n
     rows = bh.to(tl.int64) * Nq + offs_m
     m = tl.load(RowMax + rows, mask=offs_m < Nq, other=float("-inf"))
+    # shift = (alpha - 1)(m - r) turns the row table's entries into bounds of z (0 on rows with
+    # no admissible key, where m = -inf)
+    ref = tl.load(RowRef + tl.program_id(1).to(tl.int64) * Nq + offs_m, mask=offs_m < Nq,
+                  other=float("-inf"))
+    shift = tl.where(m == float("-inf"), 0.0, am1 * (m - ref))
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     offs_t = tl.arange(0, 64)
@@ -365,8 +525,11 @@ def adasplash_attention_out(
     t = tl.load(Tau + rows, mask=offs_m < Nq, other=float("inf"))
 
     n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
-    n_live, n_int, _ = _live_list(tm_ptrs, slice_ok, List, n_kt, n_free,
-                                  _slice_threshold(t, am1, R), LIST_CHUNK)
+    # the tiles left out, on which no row has p > 0, get -inf in the slice table (for the backward)
+    n_live, n_int, _ = _live_list(rt_base, offs_m, Nq, shift, Cand, tl.load(Count + block), List,
+                                  n_free, t, tm_ptrs, slice_ok, True, ROW_CHUNK)
+    q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm,
+                  stride_qd, Nq, D)
     # Per row: l, l_u, the support size and `held`, whose bit j % 32 says p > 0 on the j-th
     # listed tile. (Per-entry accumulators, summed once at the end, made the pass 4% faster
     # without u_shift, but with it they spill: measured on an H200.)
@@ -471,25 +634,36 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     mode = alpha_mode(alpha, per_head)
     common.update(ALPHA_MODE=mode, HEAD_ALPHA=per_head)
     histogram = mode in HISTOGRAM_MODES
-    launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), B * Hq)](
-        q, k, mask, ha, row_max, tile_max, tau, *q.stride(), *k.stride(), *ms,
-        Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, scale, float(alpha), BLOCK_M=dense_m,
-        T=1 if wide else DENSE_KEY_TILES, HISTOGRAM=histogram, **common,
-        num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2,
-    )
-    live_list = torch.empty((B * Hq * n_mb * n_tn,), dtype=torch.int32, device=q.device)
     sparse = dict(BLOCK_M=sparse_m, LIST_CHUNK=LIST_CHUNK, STATS=stats, **common,
                   num_warps=8 if sparse_m == 128 else 4, num_stages=1 if wide else 2)
-    launch(adasplash_attention_threshold)[(n_mb, B * Hq)](
-        q, k, mask, ha, row_max, tile_max, live_list, tau, stat_buf,
-        *q.stride(), *k.stride(), *ms, Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, scale, float(alpha),
-        MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, **sparse,
-    )
-    launch(adasplash_attention_out)[(n_mb, B * Hq)](
-        q, k, v, mask, ha, row_max, tile_max, live_list, tau, out, u_shift if for_backward else out,
-        stat_buf,
-        *q.stride(), *k.stride(), *v.stride(), *ms,
-        Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, scale, float(alpha), BLOCK_DV=block_dv,
-        U_SHIFT=bool(for_backward), **sparse,
-    )
+    # the row table and the live lists are scratch, for a group of heads at a time
+    heads = B * Hq
+    if heads * Nq * n_tn > ROW_TABLE_BYTES:
+        heads = max(1, ROW_TABLE_BYTES // (Nq * n_tn))
+    row_table = torch.empty((heads, n_tn, Nq), dtype=torch.int8, device=q.device)
+    row_ref = torch.empty((heads, Nq), **f32)
+    live_list = torch.empty((heads * n_mb * 2 * n_tn,), dtype=torch.int32, device=q.device)
+    n_cand = torch.empty((heads * n_mb,), dtype=torch.int32, device=q.device)
+    for bh0 in range(0, B * Hq, heads):
+        group = min(heads, B * Hq - bh0)
+        launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), group)](
+            q, k, mask, ha, row_max, tile_max, row_table, row_ref, tau, *q.stride(), *k.stride(),
+            *ms,
+            Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_M=dense_m,
+            T=1 if wide else DENSE_KEY_TILES_F32 if q.dtype == torch.float32 else DENSE_KEY_TILES,
+            HISTOGRAM=histogram, **common,
+            num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2,
+        )
+        launch(adasplash_attention_threshold)[(n_mb, group)](
+            q, k, mask, ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau,
+            stat_buf, *q.stride(), *k.stride(), *ms, Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0,
+            scale, float(alpha), MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, **sparse,
+        )
+        launch(adasplash_attention_out)[(n_mb, group)](
+            q, k, v, mask, ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, out,
+            u_shift if for_backward else out, stat_buf,
+            *q.stride(), *k.stride(), *v.stride(), *ms,
+            Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_DV=block_dv,
+            U_SHIFT=bool(for_backward), **sparse,
+        )
     return (out, tau, row_max, tile_max, u_shift) + ((stat_buf,) if stats else ())

@@ -14,6 +14,7 @@ import math
 import entmax as entmax_pkg
 import pytest
 import torch
+import triton
 
 from kernels import attention_bwd, attention_fwd, entmax_rows
 
@@ -115,7 +116,8 @@ def test_attention_forward(oracle, case):
                       causal, sm_scale)
     smax = s.amax(-1)
     torch.testing.assert_close(row_max.double(), smax, rtol=1e-5, atol=1e-5)
-    am1 = (ha.double().view(1, Hq, 1) if ha is not None else torch.tensor(alpha, dtype=F64)) - 1
+    am1 = (ha.double().view(1, Hq, 1) if ha is not None
+           else torch.tensor(alpha, dtype=F64, device=DEV)) - 1
     p = oracle.entmax(s, am1 + 1 if ha is not None else alpha)
     fin = torch.isfinite(smax)
     assert torch.isinf(tau[~fin]).all()
@@ -151,6 +153,37 @@ def test_attention_forward(oracle, case):
     stats = stats.reshape(-1, 4)
     assert (stats[:, 0] >= 1).all() and (stats[:, 1] <= stats[:, 2]).all()
     assert stats[:, 3].sum().item() == pytest.approx((p > 0).sum().item(), abs=2)
+
+
+def test_attention_forward_in_head_groups(oracle, monkeypatch):
+    """A row table too large for ROW_TABLE_BYTES: the heads run in groups (4 + 2 here), with
+    the same results, bit for bit, as all at once, and the oracle's output."""
+    q, k, v = _qkv(B=2, Hq=3, Hkv=1, Nq=130, Nk=200)
+    ha = torch.tensor((1.3, 1.5, 2.0), device=DEV)
+    whole = attention_fwd.attention_forward(q, k, v, None, True, None, 1.5, ha, for_backward=True)
+    per_head = q.shape[2] * triton.cdiv(k.shape[2], TILE)  # bytes of one head's row table
+    monkeypatch.setattr(attention_fwd, "ROW_TABLE_BYTES", 4 * per_head + 1)
+    grouped = attention_fwd.attention_forward(q, k, v, None, True, None, 1.5, ha,
+                                              for_backward=True)
+    for a, b in zip(whole, grouped):
+        assert torch.equal(a, b)
+    expected = oracle.attention(q, k, v, None, True, None, ha.double())
+    torch.testing.assert_close(grouped[0].double(), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_attention_table_start(oracle, monkeypatch):
+    """With many candidate tiles per query block, the threshold passes start from the row table's
+    tile maxima: a lower bound of tau on every row (no pass run here), above -1 on most; the
+    passes from there end at the oracle's tau."""
+    q, k, v = _qkv(Hq=2, Nq=80, Nk=1500, scale=0.5)  # 24 key tiles, nearly all candidates
+    tau = attention_fwd.attention_forward(q, k, v, None, False, None, 1.5)[1]
+    monkeypatch.setattr(attention_fwd, "MAX_STEPS", 0)
+    start = attention_fwd.attention_forward(q, k, v, None, False, None, 1.5)[1]
+    s = oracle.scores(q.double(), k.double().repeat_interleave(2, 1), None, False)
+    exact = -oracle.entmax(s, 1.5).amax(-1) ** 0.5  # z - tau = p^(alpha - 1) at the max, z = 0
+    torch.testing.assert_close(tau.double(), exact, rtol=0, atol=1e-5)
+    assert (start.double() <= exact + 1e-6).all()
+    assert (start > -0.99).double().mean() > 0.9
 
 
 def _sweep_only(kernel):
