@@ -636,16 +636,19 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     histogram = mode in HISTOGRAM_MODES
     sparse = dict(BLOCK_M=sparse_m, LIST_CHUNK=LIST_CHUNK, STATS=stats, **common,
                   num_warps=8 if sparse_m == 128 else 4, num_stages=1 if wide else 2)
-    # the row table and the live lists are scratch, for a group of heads at a time
-    heads = B * Hq
-    if heads * Nq * n_tn > ROW_TABLE_BYTES:
+    # the row table and the live lists are scratch, for a group of heads at a time: groups of
+    # (first head, heads); with one group no size needs to be an integer (under torch.compile
+    # they may be symbolic)
+    if B * Hq * Nq * n_tn <= ROW_TABLE_BYTES:
+        heads, groups = B * Hq, [(0, B * Hq)]
+    else:
         heads = max(1, ROW_TABLE_BYTES // (Nq * n_tn))
+        groups = [(bh0, min(heads, B * Hq - bh0)) for bh0 in range(0, B * Hq, heads)]
     row_table = torch.empty((heads, n_tn, Nq), dtype=torch.int8, device=q.device)
     row_ref = torch.empty((heads, Nq), **f32)
     live_list = torch.empty((heads * n_mb * 2 * n_tn,), dtype=torch.int32, device=q.device)
     n_cand = torch.empty((heads * n_mb,), dtype=torch.int32, device=q.device)
-    for bh0 in range(0, B * Hq, heads):
-        group = min(heads, B * Hq - bh0)
+    for bh0, group in groups:
         launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), group)](
             q, k, mask, ha, row_max, tile_max, row_table, row_ref, tau, *q.stride(), *k.stride(),
             *ms,
