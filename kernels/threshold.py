@@ -43,6 +43,7 @@ def p_and_u(x, k, ALPHA_MODE: tl.constexpr):
     elif ALPHA_MODE == 2:
         return d, (d > 0).to(tl.float32)
     else:
+        # d^(k-1) from one log and one exp, d^k = d d^(k-1) (a division cost as much again)
         u = tl.where(d > 0, tl.exp2((k - 1.0) * tl.log2(tl.maximum(d, 1e-30))), 0.0)
         return d * u, u
 
@@ -52,17 +53,12 @@ def threshold_terms(x, ALPHA_MODE: tl.constexpr, k):
     """Elementwise terms of (count, s1, s2, gap) at x = z - t (see the module docstring): the row
     sums of the first three and the row min of the last make the stats. k broadcasts against x
     (a scalar, or one value per row as a column)."""
-    d = tl.maximum(x, 0.0)
-    live = d > 0
-    if ALPHA_MODE == 1:
-        s1, s2 = d, d * d
-    elif ALPHA_MODE == 2:
-        s1, s2 = d, live.to(tl.float32)
+    p, u = p_and_u(x, k, ALPHA_MODE)
+    live = (tl.maximum(x, 0.0) > 0).to(tl.float32)
+    if ALPHA_MODE == 2:
+        return live, p, u, tl.abs(x)  # s1 = sum d, s2 = count
     else:
-        # d^(k-1) from one log and one exp, d^k = d d^(k-1) (a division cost as much again)
-        s1 = tl.where(live, tl.exp2((k - 1.0) * tl.log2(tl.maximum(d, 1e-30))), 0.0)
-        s2 = d * s1
-    return live.to(tl.float32), s1, s2, tl.abs(x)
+        return live, u, p, tl.abs(x)  # s1 = sum d^(k-1), s2 = sum d^k
 
 
 @triton.jit
