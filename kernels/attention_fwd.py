@@ -54,12 +54,15 @@ TILE = 64
 MAX_STEPS = 32
 LIST_CHUNK = 128
 ROW_CHUNK = tl.constexpr(64)  # key tiles per step through the row table (128 spills the passes)
-# The row table's start for tau (``_table_start``): up to TABLE_STEPS updates, for query blocks
-# with at least TABLE_START_TILES candidate tiles, and a quarter of their key tiles or more (else
-# starting at -1 was measured faster: on an H100 at N = 16k, the start for every block cut the
-# threshold passes 5.9 -> 4.8 ms at block sparsity 0 and 1.9 -> 1.8 at 0.74, but cost
-# 0.84 -> 1.09 ms at 0.90, where blocks have few candidates).
-TABLE_STEPS = tl.constexpr(3)
+# The row table's start for tau (``_table_start``), for query blocks with at least
+# TABLE_START_TILES candidate tiles, and a quarter of their key tiles or more (else starting at -1
+# was measured faster: on an H100 at N = 16k, the start for every block cut the threshold passes
+# 5.9 -> 4.8 ms at block sparsity 0 and 1.9 -> 1.8 at 0.74, but cost 0.84 -> 1.09 ms at 0.90,
+# where blocks have few candidates): TABLE_STEPS updates where 3/4 of the key tiles or more are
+# candidates, 1 elsewhere. Each update rereads the table, latency bound: on the same H100, the
+# threshold kernel took 4.56 / 1.65 ms at block sparsity 0 / 0.74 with 3 updates everywhere,
+# 4.45 / 1.54 with 2, 5.38 / 1.44 with 1 (3.15 passes at 0 instead of 2.71), 4.48 / 1.48 as now.
+TABLE_STEPS = tl.constexpr(2)
 TABLE_START_TILES = tl.constexpr(8)
 # Query rows per program of the dense and the sparse kernel (head dims up to 128; 64 above).
 DENSE_BLOCK_M = 128
@@ -288,10 +291,10 @@ def _live_list(rt_base, offs_m, Nq, shift, Src, n_src, List, n_free, t, tm_ptrs,
 
 @triton.jit
 def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: tl.constexpr,
-                 STEPS: tl.constexpr, CHUNK: tl.constexpr):
+                 steps, CHUNK: tl.constexpr):
     """A start for tau from the row table alone: the threshold of the row's tile maxima, each
-    taken at (c - 1) / CODE_UNIT - shift, at most the tile's largest z (up to STEPS updates from
-    -1). It is at most tau: a subset of a row's z, made smaller, has a smaller f. Only the tiles
+    taken at (c - 1) / CODE_UNIT - shift, at most the tile's largest z (up to `steps` updates
+    from -1). It is at most tau: a subset of a row's z, made smaller, has a smaller f. Only the tiles
     of Src[:n_src] count, which must hold every tile with some z > -1."""
     t = tl.where(empty, float("inf"), -1.0)
     lo = t
@@ -299,20 +302,21 @@ def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: t
     prev = tl.full(t.shape, -1.0, tl.float32)
     done = empty
     step = 0
-    while (step < STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
-        count = tl.zeros(t.shape, tl.float32)
-        s1 = tl.zeros(t.shape, tl.float32)
-        s2 = tl.zeros(t.shape, tl.float32)
+    while (step < steps) & (tl.min(done.to(tl.int32), 0) == 0):
+        # per-entry sums, added up once per step (a row sum per chunk cost 5% more)
+        count = tl.zeros([t.shape[0], CHUNK], tl.float32)
+        s1 = tl.zeros([t.shape[0], CHUNK], tl.float32)
+        s2 = tl.zeros([t.shape[0], CHUNK], tl.float32)
         for c in range(0, n_src, CHUNK):
             kt, ok = _chunk_tiles(Src, c, n_src, CHUNK)
             code = _load_codes(rt_base, offs_m, kt, Nq, ok)
             y = (code.to(tl.float32) - 1.0) / CODE_UNIT - shift[:, None]
             c0, c1, c2, _ = threshold_terms(y - t[:, None], ALPHA_MODE, k)
-            count += tl.sum(c0, 1)
-            s1 += tl.sum(c1, 1)
-            s2 += tl.sum(c2, 1)
-        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, 0.0, prev, k,
-                                                         ALPHA_MODE)
+            count += c0
+            s1 += c1
+            s2 += c2
+        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, tl.sum(count, 1), tl.sum(s1, 1),
+                                                         tl.sum(s2, 1), 0.0, prev, k, ALPHA_MODE)
         t = tl.where(done, t, t_next)
         done = done | converged
         step += 1
@@ -403,8 +407,9 @@ def adasplash_attention_threshold(
     else:
         t = tl.where(empty, float("inf"), -1.0)
         if (n_cand >= TABLE_START_TILES) & (4 * n_cand >= n_kt):
+            steps = tl.where(4 * n_cand >= 3 * n_kt, TABLE_STEPS, 1)
             t = _table_start(rt_base, offs_m, Nq, shift, Cand, n_cand, empty, k, ALPHA_MODE,
-                             TABLE_STEPS, ROW_CHUNK)
+                             steps, ROW_CHUNK)
     lo = tl.where(empty, float("inf"), -1.0)
     hi = tl.where(empty, float("inf"), 0.0)
     prev = tl.full([BLOCK_M], -1.0, tl.float32)
