@@ -1,16 +1,18 @@
-"""Registers, spills and compile time of the attention kernels for an NVIDIA Hopper card, on any
-machine.
+"""Registers, spills, shared memory and compile time of the attention kernels for an NVIDIA Hopper
+card, on any machine.
 
 Runs the forward and backward launch helpers of ``kernels`` on small tensors with a launch wrapper
 that, instead of running each kernel, compiles it as Triton's JIT would for the card (sm_90 when no
 GPU is present): the same constexprs, num_warps and num_stages, integer arguments equal to 1 as
 constants and 16-divisible pointers and integers marked so, as the JIT specializes them. ptxas's
-report gives the registers and spill bytes per thread. It tells, before any GPU time is spent,
-whether a change makes a kernel spill and how long the kernels take to compile. The numbers come
-from the installed Triton and its ptxas, which may differ from a GPU machine's.
+report gives the registers and spill bytes per thread, Triton the shared memory per program. It
+tells, before any GPU time is spent, whether a change makes a kernel spill or need more shared
+memory than the card has, and how long the kernels take to compile. The numbers come from the
+installed Triton and its ptxas, which may differ from a GPU machine's.
 
     python -m benchmarks.registers                                # bfloat16 and float32, D = 128
     python -m benchmarks.registers --dtype bfloat16 --head-dim 64
+    python -m benchmarks.registers --mask bool --forward-only     # with a (seq x seq) bool mask
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ def compile_launches(run_helpers) -> list[dict]:
                              if k in declared and not k.startswith("BLOCK")}
                     rows.append({"kernel": kernel.fn.__name__.removeprefix("adasplash_"),
                                  "options": options, "flags": flags, "compile_s": seconds,
+                                 "shared": compiled.metadata.shared,
                                  **ptxas_report(compiled.asm["ptx"])})
                 return call
         return Grid()
@@ -147,22 +150,28 @@ def compile_launches(run_helpers) -> list[dict]:
     return rows
 
 
-def attention_launches(dtype: torch.dtype, head_dim: int, causal: bool = True, seq: int = 1024):
+def attention_launches(dtype: torch.dtype, head_dim: int, causal: bool = True, seq: int = 1024,
+                       mask: str = "none", backward: bool = True):
     """A ``run_helpers`` for ``compile_launches``: the attention forward (with and without the
-    backward's u_shift) and the backward (with u_shift), on (1, 2, seq, head_dim) tensors (seq a
-    multiple of 1024 specializes like the long sequences that matter)."""
+    backward's u_shift) and, if backward, the backward (with u_shift), on (1, 2, seq, head_dim)
+    tensors (seq a multiple of 1024 specializes like the long sequences that matter), with no
+    mask or a (seq, seq) "bool" or "float" one."""
     from kernels import attention_bwd, attention_fwd
     from lowering import reference
 
     def run(launch):
         q = torch.randn(1, 2, seq, head_dim).to(dtype)
+        attn_mask = {"none": None, "bool": torch.ones(seq, seq, dtype=torch.bool),
+                     "float": torch.zeros(seq, seq, dtype=dtype)}[mask]
         for for_backward in (False, True):
-            attention_fwd.attention_forward(q, q, q, None, causal, None, 1.5,
+            attention_fwd.attention_forward(q, q, q, attn_mask, causal, None, 1.5,
                                             for_backward=for_backward, launch=launch)
-        out, tau, row_max, tile_max, u_shift = reference.attention_forward(
-            q, q, q, None, 0.0, causal, None, 1.5, None, None, True)
-        attention_bwd.attention_backward(q, q, q, q, tau, row_max, tile_max, None, causal, None,
-                                         1.5, out=out, u_shift=u_shift, launch=launch)
+        if backward:
+            out, tau, row_max, tile_max, u_shift = reference.attention_forward(
+                q, q, q, attn_mask, 0.0, causal, None, 1.5, None, None, True)
+            attention_bwd.attention_backward(q, q, q, q, tau, row_max, tile_max, attn_mask,
+                                             causal, None, 1.5, out=out, u_shift=u_shift,
+                                             launch=launch)
     return run
 
 
@@ -172,19 +181,22 @@ def main(argv=None) -> None:
                         choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--mask", default="none", choices=["none", "bool", "float"])
+    parser.add_argument("--forward-only", action="store_true", help="skip the backward kernels")
     args = parser.parse_args(argv)
     print("| dtype | kernel | flags | warps, stages | compile s | registers | spill stores B | "
-          "spill loads B |")
-    print("|---" * 8 + "|")
+          "spill loads B | shared B |")
+    print("|---" * 9 + "|")
     for name in args.dtype:
-        launches = attention_launches(getattr(torch, name), args.head_dim, seq=args.seq)
+        launches = attention_launches(getattr(torch, name), args.head_dim, seq=args.seq,
+                                      mask=args.mask, backward=not args.forward_only)
         for row in compile_launches(launches):
             flags = ", ".join(f"{k}={v}" for k, v in row["flags"].items())
             options = ", ".join(str(row["options"].get(k, "default"))
                                 for k in ("num_warps", "num_stages"))
             print(table_row([name, row["kernel"], flags, options, f"{row['compile_s']:.1f}",
                              str(row["registers"]), str(row["spill_stores"]),
-                             str(row["spill_loads"])]))
+                             str(row["spill_loads"]), str(row["shared"])]))
 
 
 if __name__ == "__main__":

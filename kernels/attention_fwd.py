@@ -66,11 +66,12 @@ TABLE_STEPS = tl.constexpr(2)
 TABLE_START_TILES = tl.constexpr(8)
 # Query rows per program of the dense and the sparse kernel (head dims up to 128; 64 above).
 DENSE_BLOCK_M = 128
-# Key tiles per step of the dense sweep: 4 for 16-bit inputs (fewer row-table stores: the sweep
-# took 1.55 ms with 2, 1.33 with 4 on an H100 at N = 16k, H = 16, D = 128), 2 for float32 (4
-# spills heavily and takes 90 s to compile).
+# Key tiles per step of the dense sweep: 4 for 16-bit inputs without a mask (fewer row-table
+# stores: the sweep took 1.55 ms with 2, 1.33 with 4 on an H100 at N = 16k, H = 16, D = 128);
+# 2 for float32 (4 spills heavily and takes 90 s to compile) and with a mask (4 needs 288 KiB of
+# shared memory at D = 128, more than a Hopper card's 227 KiB, and spills).
 DENSE_KEY_TILES = 4
-DENSE_KEY_TILES_F32 = 2
+DENSE_KEY_TILES_NARROW = 2
 SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
 # The row table codes z in steps of 1 / CODE_UNIT. It holds Nq x (key tiles) bytes per head; a
 # forward whose table would exceed ROW_TABLE_BYTES runs its heads in groups that fit (one at least).
@@ -639,6 +640,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     mode = alpha_mode(alpha, per_head)
     common.update(ALPHA_MODE=mode, HEAD_ALPHA=per_head)
     histogram = mode in HISTOGRAM_MODES
+    narrow = q.dtype == torch.float32 or mask_kind != 0  # fewer key tiles per sweep step
     sparse = dict(BLOCK_M=sparse_m, LIST_CHUNK=LIST_CHUNK, STATS=stats, **common,
                   num_warps=8 if sparse_m == 128 else 4, num_stages=1 if wide else 2)
     # the row table and the live lists are scratch, for a group of heads at a time: groups of
@@ -658,7 +660,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
             q, k, mask, ha, row_max, tile_max, row_table, row_ref, tau, *q.stride(), *k.stride(),
             *ms,
             Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_M=dense_m,
-            T=1 if wide else DENSE_KEY_TILES_F32 if q.dtype == torch.float32 else DENSE_KEY_TILES,
+            T=1 if wide else DENSE_KEY_TILES_NARROW if narrow else DENSE_KEY_TILES,
             HISTOGRAM=histogram, **common,
             num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2,
         )

@@ -152,10 +152,9 @@ def test_save_rows_records_arguments_environment_and_rows(tmp_path):
     assert table_row(["1", "0.5"]) == "| 1 | 0.5 |"
 
 
-def test_registers_compiles_every_attention_kernel():
-    """``benchmarks.registers`` compiles each attention kernel launch for a Hopper card (no GPU
-    needed) and reads registers and spills from ptxas: one row per kernel specialization (the
-    output pass with and without u_shift), registers within the card's 255."""
+def _registers_rows(*args):
+    """The rows of ``python -m benchmarks.registers ARGS``, run as a command (no TRITON_INTERPRET),
+    as lists of cells; skips where this Triton cannot compile for a GPU."""
     pytest.importorskip("triton")
     import os
     import subprocess
@@ -165,19 +164,40 @@ def test_registers_compiles_every_attention_kernel():
     root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-m", "benchmarks.registers", "--dtype", "bfloat16",
-                           "--head-dim", "64"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.registers", *args], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 and ("set_active" in done.stderr or "get_ptxas" in done.stderr):
         pytest.skip("this Triton cannot compile for a GPU here: "
                     + done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr
-    rows = [line.split(" | ") for line in done.stdout.splitlines()[2:]]
+    return [line.strip("| ").split(" | ") for line in done.stdout.splitlines()[2:]]
+
+
+def test_registers_compiles_every_attention_kernel():
+    """``benchmarks.registers`` compiles each attention kernel launch for a Hopper card (no GPU
+    needed) and reads registers and spills from ptxas: one row per kernel specialization (the
+    output pass with and without u_shift), registers within the card's 255."""
+    rows = _registers_rows("--dtype", "bfloat16", "--head-dim", "64")
     kernels = [row[1] for row in rows]
     assert sorted(set(kernels)) == ["attention_bwd_dkdv", "attention_bwd_dq",
                                     "attention_bwd_key_lists", "attention_bwd_query_lists",
                                     "attention_max", "attention_out", "attention_threshold"]
     assert kernels.count("attention_out") == 2
     for row in rows:
-        registers, stores, loads = int(row[5]), int(row[6]), int(row[7].rstrip(" |"))
-        assert 0 < registers <= 255 and stores >= 0 and loads >= 0, row
+        registers, stores, loads, shared = map(int, row[5:9])
+        assert 0 < registers <= 255 and stores >= 0 and loads >= 0 and shared > 0, row
+
+
+@pytest.mark.parametrize("mask", ["bool", "float"])
+def test_masked_forward_fits_a_hopper_card(mask):
+    """With a mask, bf16 and D = 128, the forward kernels need at most the shared memory of a
+    Hopper card (227 KiB per program) and the dense sweep does not spill (4 key tiles per sweep
+    step needed 288 KiB: the GPU refused the launch)."""
+    rows = _registers_rows("--dtype", "bfloat16", "--head-dim", "128", "--mask", mask,
+                           "--forward-only")
+    assert {row[1] for row in rows} == {"attention_max", "attention_threshold", "attention_out"}
+    for row in rows:
+        assert f"MASK_KIND={1 if mask == 'bool' else 2}" in row[2], row
+        assert int(row[8]) <= 227 * 1024, row
+        if row[1] == "attention_max":
+            assert int(row[6]) == 0 and int(row[7]) == 0, row
