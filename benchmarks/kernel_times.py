@@ -11,6 +11,13 @@ versions of the kernels on the same warm machine (run it once per checkout, same
     python -m benchmarks.kernel_times                         # causal, N = 16k, B = 1, H = 16, D = 128
     python -m benchmarks.kernel_times --scales 0 10.8 --json times.json
     python -m benchmarks.kernel_times --alpha 2 --forward-only  # another alpha, forward kernels
+    python -m benchmarks.kernel_times --forward-only --set threshold:MAX_STEPS=1 \
+        --set max:num_stages=3                                  # launch options of one kernel
+
+``--set KERNEL:NAME=VALUE`` changes a launch argument of one kernel (its name without
+``adasplash_attention_``): a constexpr such as MAX_STEPS, or num_warps / num_stages; not one the
+grid depends on (BLOCK_M). A capped MAX_STEPS times the threshold kernel's first passes (its tau,
+and so the output pass's work, are then wrong).
 """
 
 from __future__ import annotations
@@ -51,21 +58,52 @@ def _short(name: str) -> str:
     return "sdpa" if "flash" in name or "fmha" in name else "other"
 
 
+def parse_setting(text: str) -> tuple[str, str, object]:
+    """("threshold", "MAX_STEPS", 1) from "threshold:MAX_STEPS=1" (ints, floats, True / False)."""
+    kernel, sep, assignment = text.partition(":")
+    name, eq, value = assignment.partition("=")
+    if not (sep and eq and kernel and name and value):
+        raise ValueError(f"--set takes KERNEL:NAME=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return kernel, name, kind(value)
+        except ValueError:
+            pass
+    return kernel, name, {"True": True, "False": False}.get(value, value)
+
+
+def launch_with(settings: list[tuple[str, str, object]]):
+    """A launch wrapper for the launch helpers of ``kernels`` that sets, per kernel (named
+    without ``adasplash_attention_``), the given launch arguments."""
+    def launch(kernel):
+        short = kernel.fn.__name__.removeprefix("adasplash_attention_")
+        extra = {name: value for kernel_name, name, value in settings if kernel_name == short}
+        if not extra:
+            return kernel
+
+        class Grid:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: kernel[grid](*args, **{**kwargs, **extra})
+        return Grid()
+    return launch
+
+
 def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int, seed: int,
-            alpha: float = 1.5, backward: bool = True) -> dict:
+            alpha: float = 1.5, backward: bool = True, settings=()) -> dict:
     from kernels import attention_bwd, attention_fwd
 
     q, k, v = inputs.attention_inputs(batch, heads, seq, head_dim, a, dtype=torch.bfloat16,
                                       device="cuda", seed=seed)
     dout = torch.randn_like(q)
+    launch = launch_with(list(settings))
     out, tau, row_max, tile_max, u_shift, stats = attention_fwd.attention_forward(
-        q, k, v, None, True, None, alpha, None, for_backward=backward, stats=True)
+        q, k, v, None, True, None, alpha, None, for_backward=backward, stats=True, launch=launch)
     absolute_tau = tau + (alpha - 1) * row_max
     sparsity = inputs.block_sparsity(q, k, causal=True, alpha=alpha, tau=absolute_tau)
 
     def forward():  # with what a training step keeps for the backward, unless forward-only
         attention_fwd.attention_forward(q, k, v, None, True, None, alpha, None,
-                                        for_backward=backward)
+                                        for_backward=backward, launch=launch)
 
     def backward_pass():
         attention_bwd.attention_backward(dout, q, k, v, tau, row_max, tile_max, None, True, None,
@@ -101,11 +139,13 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--set", action="append", default=[], type=parse_setting,
+                        metavar="KERNEL:NAME=VALUE", help="a launch argument of one forward kernel")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("kernel_times needs a CUDA device (the profiler times device kernels)")
     rows = [measure(args.seq, args.batch, args.heads, args.head_dim, a, args.reps, args.seed,
-                    args.alpha, not args.forward_only) for a in args.scales]
+                    args.alpha, not args.forward_only, args.set) for a in args.scales]
     names = sorted({name for row in rows for name in row["ms"]})
     print(f"causal bf16 alpha {args.alpha:g}, B={args.batch} H={args.heads} N={args.seq} "
           f"D={args.head_dim}; device ms per call")

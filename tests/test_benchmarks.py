@@ -201,3 +201,35 @@ def test_masked_forward_fits_a_hopper_card(mask):
         assert int(row[8]) <= 227 * 1024, row
         if row[1] == "attention_max":
             assert int(row[6]) == 0 and int(row[7]) == 0, row
+
+
+def test_kernel_times_settings_reach_one_kernel():
+    """``--set KERNEL:NAME=VALUE`` of kernel_times: parsed with its type, passed to the launches
+    of that kernel only (on top of the launch helper's own arguments), and bad text refused."""
+    import types
+
+    from benchmarks.kernel_times import launch_with, parse_setting
+
+    assert parse_setting("threshold:MAX_STEPS=1") == ("threshold", "MAX_STEPS", 1)
+    assert parse_setting("max:scale=0.5") == ("max", "scale", 0.5)
+    assert parse_setting("out:STATS=True") == ("out", "STATS", True)
+    with pytest.raises(ValueError, match="KERNEL:NAME=VALUE"):
+        parse_setting("MAX_STEPS=1")
+
+    calls = []
+
+    class Kernel:
+        def __init__(self, name):
+            self.fn = types.SimpleNamespace(__name__=name)
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((self.fn.__name__, grid, args, kwargs))
+
+    launch = launch_with([("threshold", "MAX_STEPS", 1), ("threshold", "num_stages", 3)])
+    launch(Kernel("adasplash_attention_threshold"))[(4, 2)](7, MAX_STEPS=32, num_warps=4)
+    launch(Kernel("adasplash_attention_out"))[(4, 2)](7, MAX_STEPS=32)
+    assert calls == [
+        ("adasplash_attention_threshold", (4, 2), (7,),
+         {"MAX_STEPS": 1, "num_warps": 4, "num_stages": 3}),
+        ("adasplash_attention_out", (4, 2), (7,), {"MAX_STEPS": 32}),
+    ]
