@@ -295,8 +295,8 @@ def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: t
                  steps, CHUNK: tl.constexpr):
     """A start for tau from the row table alone: the threshold of the row's tile maxima, each
     taken at (c - 1) / CODE_UNIT - shift, at most the tile's largest z (up to `steps` updates
-    from -1). It is at most tau: a subset of a row's z, made smaller, has a smaller f. Only the tiles
-    of Src[:n_src] count, which must hold every tile with some z > -1."""
+    from -1). It is at most tau: a subset of a row's z, made smaller, has a smaller f. Only the
+    tiles of Src[:n_src] count, which must hold every tile with some z > -1."""
     t = tl.where(empty, float("inf"), -1.0)
     lo = t
     hi = tl.where(empty, float("inf"), 0.0)
