@@ -3,7 +3,8 @@
 Forward: z = (alpha - 1)(x - max x) (max 0, so huge |x| keep their precision); t starts at -1 (a
 lower bound of tau: the max alone gives p = 1 there), or, for the alphas of ``HISTOGRAM_MODES``
 on long rows held on chip, within one bin of tau from a histogram of z (``histogram.py``), and
-``threshold_step`` iterates to tau (see ``threshold.py``); p = [z - tau]_+^(1/(alpha-1)).
+``threshold_step`` iterates to tau (see ``threshold.py``; a pass's count, sums and gap are
+reduced together, and the gap saves most rows their last pass); p = [z - tau]_+^(1/(alpha-1)).
 A row of up to ``MAX_ON_CHIP`` elements is read once and written once; longer rows are streamed in
 chunks, one read per pass.
 
@@ -20,16 +21,22 @@ import triton
 import triton.language as tl
 
 from .histogram import BINS, histogram_counts, histogram_start
-from .threshold import entmax_power, threshold_stats, threshold_step, threshold_terms
+from .threshold import (entmax_power, reduce_stats, threshold_stats, threshold_step,
+                        threshold_terms)
 
 MAX_ON_CHIP = 16384
 STREAM_BLOCK = 4096  # chunk of a streamed row
 MAX_STEPS = 32
 ROW_ELEMENTS = 1024
 ROW_WARPS = None  # None: by block size, from _WARPS
-# Warps per program by elements per program: the fastest of 2, 4, 8, 16 on an H100 (fp32 and
-# bf16 rows of 1k to 16k).
+# Warps per program by elements per program, for 4-byte inputs: the fastest of 2, 4, 8, 16 on an
+# H100 (fp32 and bf16 rows of 1k to 16k). The backward uses it for every dtype.
 _WARPS = {1024: 2, 2048: 4, 4096: 4, 8192: 2, 16384: 4}
+# The forward with 2-byte inputs: one warp a row up to 4k (no exchange between warps in a
+# reduction). Measured on an H100 (bf16, 2^25 elements, device ms): 1k rows 0.076 -> 0.068 and
+# 4k rows 0.079 -> 0.056 with 1 warp (8k: 0.067 with 2 and 4, 0.086 with 1; 16k: 0.070 with 4,
+# 0.088 with 2); 1 warp in fp32: 1k the same, 4k 0.095 -> 0.098.
+_WARPS_16BIT_FWD = {**_WARPS, 1024: 1, 2048: 1, 4096: 1}
 # Rows held on chip in blocks of at least HISTOGRAM_MIN_BLOCK start from a histogram for these
 # ALPHA_MODEs (as the attention does, see ``attention_fwd.HISTOGRAM_MODES``); other rows start at
 # t = -1. Measured on an H200, alpha 1.3, 32M elements: 16k rows 2.98 -> 0.81 ms in fp32 and
@@ -97,10 +104,7 @@ def adasplash_entmax_fwd(
     step = 0
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
         if ON_CHIP:
-            # no gap on chip: a pass is cheap there, and one more reduction over rows held in
-            # registers cost more than the pass it saves (16k rows: +40% time, H100)
-            count, s1, s2 = threshold_stats(z - t[:, None], ALPHA_MODE, k[:, None])
-            gap = tl.zeros_like(count)
+            count, s1, s2, gap = threshold_stats(z - t[:, None], ALPHA_MODE, k[:, None])
         else:
             a0 = tl.zeros([ROWS, BLOCK], tl.float32)
             a1 = tl.zeros([ROWS, BLOCK], tl.float32)
@@ -113,7 +117,7 @@ def adasplash_entmax_fwd(
                 a1 += c1
                 a2 += c2
                 a3 = tl.minimum(a3, c3)
-            count, s1, s2, gap = tl.sum(a0, 1), tl.sum(a1, 1), tl.sum(a2, 1), tl.min(a3, 1)
+            count, s1, s2, gap = reduce_stats(a0, a1, a2, a3)
         t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, gap, prev, k,
                                                          ALPHA_MODE)
         t = tl.where(done, t, t_next)
@@ -227,13 +231,13 @@ def alpha_mode(alpha: float, per_row: bool) -> int:
     return {1.5: 1, 2.0: 2}.get(float(alpha), 0)
 
 
-def _row_config(N: int):
+def _row_config(N: int, warps=_WARPS):
     """(rows per program, block, whole row on chip, warps): short rows share a program."""
     if N > MAX_ON_CHIP:  # streamed in chunks
         return 1, STREAM_BLOCK, False, ROW_WARPS or 8
     block = triton.next_power_of_2(max(N, 16))
     rows = max(1, ROW_ELEMENTS // block)
-    return rows, block, True, ROW_WARPS or _WARPS.get(block * rows, 4)
+    return rows, block, True, ROW_WARPS or warps.get(block * rows, 4)
 
 
 def _identity(kernel):
@@ -249,7 +253,8 @@ def entmax_forward(x: torch.Tensor, alpha: float, row_alpha=None, launch=_identi
     p = torch.empty((R, N), dtype=x.dtype, device=x.device)
     if R == 0 or N == 0:
         return p
-    rows, block, on_chip, num_warps = _row_config(N)
+    rows, block, on_chip, num_warps = _row_config(N, _WARPS_16BIT_FWD if x.element_size() == 2
+                                                  else _WARPS)
     per_row = row_alpha is not None
     mode = alpha_mode(alpha, per_row)
     launch(adasplash_entmax_fwd)[(triton.cdiv(R, rows),)](

@@ -62,10 +62,22 @@ def threshold_terms(x, ALPHA_MODE: tl.constexpr, k):
 
 
 @triton.jit
+def _sums_and_min(c0, c1, c2, g, d0, d1, d2, h):
+    return c0 + d0, c1 + d1, c2 + d2, tl.minimum(g, h)
+
+
+@triton.jit
+def reduce_stats(c0, c1, c2, c3):
+    """Row sums of c0, c1, c2 and row min of c3 (2-D), in one reduction: one exchange between
+    warps instead of four."""
+    return tl.reduce((c0, c1, c2, c3), 1, _sums_and_min)
+
+
+@triton.jit
 def threshold_stats(x, ALPHA_MODE: tl.constexpr, k):
-    """Per-row (count, s1, s2) of a 2-D tile of x = z - t (no gap: see the row kernel)."""
-    c0, c1, c2, _ = threshold_terms(x, ALPHA_MODE, k)
-    return tl.sum(c0, 1), tl.sum(c1, 1), tl.sum(c2, 1)
+    """Per-row (count, s1, s2, gap) of a 2-D tile of x = z - t."""
+    c0, c1, c2, c3 = threshold_terms(x, ALPHA_MODE, k)
+    return reduce_stats(c0, c1, c2, c3)
 
 
 @triton.jit
