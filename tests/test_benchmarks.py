@@ -205,6 +205,15 @@ def test_masked_forward_fits_a_hopper_card(mask):
             assert int(row[6]) == 0 and int(row[7]) == 0, row
 
 
+def test_unmasked_sweep_fits_a_hopper_card():
+    """Without a mask, bf16 and D = 128, the dense sweep takes 4 key tiles per step in 3 pipeline
+    stages where the card has the shared memory (a Hopper card): it must fit in its 227 KiB."""
+    rows = _registers_rows("--dtype", "bfloat16", "--head-dim", "128", "--forward-only")
+    (sweep,) = [row for row in rows if row[1] == "attention_max"]
+    assert "T=4" in sweep[2] and sweep[3] == "8, 3", sweep
+    assert int(sweep[8]) <= 227 * 1024, sweep
+
+
 def test_kernel_times_settings_reach_one_kernel():
     """``--set KERNEL:NAME=VALUE`` of kernel_times: parsed with its type, passed to the launches
     of that kernel only (on top of the launch helper's own arguments), and bad text refused."""
