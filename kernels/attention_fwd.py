@@ -41,8 +41,6 @@ tau is saved relative to (alpha - 1) m, with m: absolute values would round tau 
 No length is a compile-time constant: one compiled kernel serves every Nq, Nk.
 """
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -74,11 +72,13 @@ DENSE_BLOCK_M = 128
 # shared memory at D = 128, more than a Hopper card's 227 KiB, and spills).
 DENSE_KEY_TILES = 4
 DENSE_KEY_TILES_NARROW = 2
-# Pipeline stages of that 4-tile sweep: 3, unless the card gives a program less shared memory
-# than SWEEP_3_STAGE_SMEM (3 stages' need at D = 128 in 16 bits; a Hopper card has 227 KiB, an
-# A100 163 KiB), then 2. On an H100 (N = 16k, H = 16, D = 128, alpha = 1.5) the sweep took
-# 1.30-1.34 ms with 2 stages, 1.22-1.25 with 3, at block sparsity 0, 0.90 and 0.96.
-SWEEP_3_STAGE_SMEM = 230400
+# That 4-tile sweep runs in 3 pipeline stages: on an H100 (N = 16k, H = 16, D = 128, alpha = 1.5)
+# it took 1.30-1.34 ms with 2 stages, 1.22-1.25 with 3, at block sparsity 0, 0.90 and 0.96. It
+# then takes SHARED_MEMORY bytes of shared memory at D = 128 in 16 bits (sm_90), the most of any
+# attention kernel here (compiled for sm_90: 2 stages 161 KiB, the float32 backward 144 KiB): the
+# kernels are meant for cards that give a program that much (a Hopper card has 227 KiB);
+# ``lowering.routing`` sends other cards to the reference.
+SHARED_MEMORY = 230400
 SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
 # The row table codes z in steps of 1 / CODE_UNIT. It holds Nq x (key tiles) bytes per head; a
 # forward whose table would exceed ROW_TABLE_BYTES runs its heads in groups that fit (one at least).
@@ -598,25 +598,6 @@ def _identity(kernel):
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
-def _max_shared_memory(device_index: int) -> int:
-    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
-
-
-def sweep_stages(device: torch.device, wide: bool, narrow: bool) -> int:
-    """Pipeline stages of the dense sweep (see SWEEP_3_STAGE_SMEM; off CUDA, as on a Hopper card:
-    the interpreter ignores them, and ``benchmarks.registers`` compiles what a Hopper card runs)."""
-    if wide:
-        return 1
-    if narrow:
-        return 2
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if _max_shared_memory(index) < SWEEP_3_STAGE_SMEM:
-            return 2
-    return 3
-
-
 def mask_4d(attn_mask):
     """(mask as 4-D, its 4 strides with 0 on broadcast dims, MASK_KIND) for a kernel launch."""
     if attn_mask is None:
@@ -688,7 +669,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
             Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_M=dense_m,
             T=1 if wide else DENSE_KEY_TILES_NARROW if narrow else DENSE_KEY_TILES,
             HISTOGRAM=histogram, **common,
-            num_warps=8 if dense_m == 128 else 4, num_stages=sweep_stages(q.device, wide, narrow),
+            num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2 if narrow else 3,
         )
         launch(adasplash_attention_threshold)[(n_mb, group)](
             q, k, mask, ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau,

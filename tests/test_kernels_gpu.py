@@ -153,3 +153,14 @@ def test_attention_stats_on_cuda():
     support = reference.support_size(q.double(), k.double(), r_tau, r_max, None, True)
     assert stats["mean_support"] == pytest.approx(support.double().mean().item(), rel=1e-3)
     assert 0 < stats["live_tile_fraction"] < 1 and stats["threshold_passes"] >= 1
+
+
+def test_this_card_takes_the_attention_kernels():
+    """The routing's shared-memory check lets this card (the one the kernels are tested on) run
+    the kernels: otherwise every test above would compare the reference with itself."""
+    from kernels.attention_fwd import SHARED_MEMORY
+    from lowering import routing
+
+    q = torch.randn(1, 2, 128, 64, device="cuda", dtype=torch.bfloat16)
+    assert routing.max_shared_memory(q.device.index or 0) >= SHARED_MEMORY
+    assert routing.use_triton_attention(q, q, q, None, 0.0, True, None, 1.5, None, None)
