@@ -32,10 +32,11 @@ ROW_WARPS = None  # None: by block size, from _WARPS
 # Warps per program by elements per program, for 4-byte inputs: the fastest of 2, 4, 8, 16 on an
 # H100 (fp32 and bf16 rows of 1k to 16k). The backward uses it for every dtype.
 _WARPS = {1024: 2, 2048: 4, 4096: 4, 8192: 2, 16384: 4}
-# The forward with 2-byte inputs: one warp a row up to 4k (no exchange between warps in a
-# reduction). Measured on an H100 (bf16, 2^25 elements, device ms): 1k rows 0.076 -> 0.068 and
-# 4k rows 0.079 -> 0.056 with 1 warp (8k: 0.067 with 2 and 4, 0.086 with 1; 16k: 0.070 with 4,
-# 0.088 with 2); 1 warp in fp32: 1k the same, 4k 0.095 -> 0.098.
+# The forward with 2-byte inputs and a closed-form alpha (1.5, 2; a pass costs a few operations
+# per element): one warp a row up to 4k (no exchange between warps in a reduction). Measured on
+# an H100 (alpha 1.5, bf16, 2^25 elements, device ms): 1k rows 0.076 -> 0.068 and 4k rows
+# 0.079 -> 0.056 with 1 warp (8k: 0.067 with 2 and 4, 0.086 with 1; 16k: 0.070 with 4, 0.088
+# with 2); 1 warp in fp32: 1k the same, 4k 0.095 -> 0.098.
 _WARPS_16BIT_FWD = {**_WARPS, 1024: 1, 2048: 1, 4096: 1}
 # Rows held on chip in blocks of at least HISTOGRAM_MIN_BLOCK start from a histogram for these
 # ALPHA_MODEs (as the attention does, see ``attention_fwd.HISTOGRAM_MODES``); other rows start at
@@ -253,10 +254,10 @@ def entmax_forward(x: torch.Tensor, alpha: float, row_alpha=None, launch=_identi
     p = torch.empty((R, N), dtype=x.dtype, device=x.device)
     if R == 0 or N == 0:
         return p
-    rows, block, on_chip, num_warps = _row_config(N, _WARPS_16BIT_FWD if x.element_size() == 2
-                                                  else _WARPS)
     per_row = row_alpha is not None
     mode = alpha_mode(alpha, per_row)
+    one_warp = x.element_size() == 2 and mode != 0  # (measured for alpha 1.5 only)
+    rows, block, on_chip, num_warps = _row_config(N, _WARPS_16BIT_FWD if one_warp else _WARPS)
     launch(adasplash_entmax_fwd)[(triton.cdiv(R, rows),)](
         x, p, row_alpha if per_row else x, x.stride(0), p.stride(0), R, N, float(alpha),
         ALPHA_MODE=mode, PER_ROW_ALPHA=per_row, ROWS=rows, BLOCK=block, ON_CHIP=on_chip,

@@ -36,10 +36,10 @@ def _attention_fits(device_index: int) -> bool:
     have = max_shared_memory(device_index)
     if have < SHARED_MEMORY:
         warnings.warn(
-            f"adasplash_compile: CUDA card {device_index} gives a kernel program {have // 1024} KiB "
-            f"of shared memory; the attention kernels need {SHARED_MEMORY // 1024} KiB (a Hopper "
-            "card has 227 KiB). entmax_attention runs the PyTorch reference on this card: exact, "
-            "but dense and slower.", stacklevel=2)
+            f"adasplash_compile: CUDA card {device_index} gives a kernel program "
+            f"{have // 1024} KiB of shared memory; the attention kernels need "
+            f"{SHARED_MEMORY // 1024} KiB (a Hopper card has 227 KiB). entmax_attention runs the "
+            "PyTorch reference on this card: exact, but dense and slower.", stacklevel=2)
     return have >= SHARED_MEMORY
 
 
