@@ -4,6 +4,8 @@
 #   bash benchmarks/gpu_check.sh [--tests-only | --bench-only] [--pytest-args "..."] [--bench-args "..."]
 #                                [--tests-timeout S] [--bench-budget S]
 #
+# (the extra arguments split as in a shell: --pytest-args "tests/test_kernels_gpu.py -k 'a or b'")
+#
 # 1. installs the wheels carried in .whl/ (adasplash, entmax) into /tmp/site, on PYTHONPATH;
 # 2. prints nvidia-smi, the python, torch and Triton versions and the card;
 # 3. runs the GPU tests (python3 -m pytest -m gpu -q -x), log in $OUT/gpu_tests.log; a failure
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
         --bench-args) bench_args="$2"; shift ;;
         --tests-timeout) tests_timeout="$2"; shift ;;
         --bench-budget) bench_budget="$2"; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)"; exit 2 ;;
     esac
     shift
@@ -61,8 +63,10 @@ if [ "$run_tests" = 1 ]; then
     echo "== 3. GPU tests"
     timeout_arg=""
     python3 -c "import pytest_timeout" 2> /dev/null && timeout_arg="--timeout=$tests_timeout"
-    # shellcheck disable=SC2086  # the extra arguments are meant to split
-    timeout -k 10 "$tests_timeout" python3 -m pytest -m gpu -q -x $timeout_arg $pytest_args 2>&1 \
+    # the extra arguments split as a shell would split them (quotes kept: -k 'a or b')
+    eval "extra=($pytest_args)"
+    # shellcheck disable=SC2086
+    timeout -k 10 "$tests_timeout" python3 -m pytest -m gpu -q -x $timeout_arg "${extra[@]}" 2>&1 \
         | tee "$OUT/gpu_tests.log"
     tests_rc=${PIPESTATUS[0]}
 fi
@@ -70,9 +74,9 @@ fi
 bench_rc=skipped
 if [ "$run_bench" = 1 ]; then
     echo "== 4. benchmark"
-    # shellcheck disable=SC2086
+    eval "extra=($bench_args)"
     timeout -k 10 $((bench_budget + 120)) python3 -m benchmarks.run --out "$OUT" --budget-s "$bench_budget" \
-        $bench_args 2>&1 | tee "$OUT/bench.log"
+        "${extra[@]}" 2>&1 | tee "$OUT/bench.log"
     bench_rc=${PIPESTATUS[0]}
 fi
 
