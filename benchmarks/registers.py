@@ -123,7 +123,8 @@ def compile_launches(run_helpers) -> list[dict]:
         class Grid:
             def __getitem__(self, grid):
                 def call(*args, **kwargs):
-                    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+                    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg")
+                               if k in kwargs}
                     bound = dict(zip(inspect.signature(kernel.fn).parameters, args), **kwargs)
                     signature, constexprs, attrs = _specialize(kernel, bound)
                     key = (kernel.fn.__name__, tuple(sorted(signature.items())),
@@ -184,9 +185,9 @@ def main(argv=None) -> None:
     parser.add_argument("--mask", default="none", choices=["none", "bool", "float"])
     parser.add_argument("--forward-only", action="store_true", help="skip the backward kernels")
     args = parser.parse_args(argv)
-    print("| dtype | kernel | flags | warps, stages | compile s | registers | spill stores B | "
-          "spill loads B | shared B |")
-    print("|---" * 9 + "|")
+    print("| dtype | kernel | flags | warps, stages | register cap | compile s | registers | "
+          "spill stores B | spill loads B | shared B |")
+    print("|---" * 10 + "|")
     for name in args.dtype:
         launches = attention_launches(getattr(torch, name), args.head_dim, seq=args.seq,
                                       mask=args.mask, backward=not args.forward_only)
@@ -194,7 +195,8 @@ def main(argv=None) -> None:
             flags = ", ".join(f"{k}={v}" for k, v in row["flags"].items())
             options = ", ".join(str(row["options"].get(k, "default"))
                                 for k in ("num_warps", "num_stages"))
-            print(table_row([name, row["kernel"], flags, options, f"{row['compile_s']:.1f}",
+            cap = str(row["options"].get("maxnreg", "none"))
+            print(table_row([name, row["kernel"], flags, options, cap, f"{row['compile_s']:.1f}",
                              str(row["registers"]), str(row["spill_stores"]),
                              str(row["spill_loads"]), str(row["shared"])]))
 

@@ -80,6 +80,15 @@ DENSE_KEY_TILES_NARROW = 2
 # ``lowering.routing`` sends other cards to the reference.
 SHARED_MEMORY = 230400
 SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
+# Registers per thread of the threshold kernel (``maxnreg``) for 16-bit inputs without a mask, D
+# up to 128 and alpha 1.5 or 2: three programs then share an SM, where ptxas, free to take 255,
+# left room for two (the passes are bound by issue latency). On an H200 (N = 16k, H = 16,
+# D = 128, bf16, causal, alpha 1.5) the kernel took 4.56 -> 4.11 ms at block sparsity 0 and
+# 0.79 -> 0.70 ms at 0.90; 152 and 128 registers were slower. Compiled for sm_90 it spills 16
+# bytes there (none for alpha 2), but 140-5600 bytes with a mask or another alpha, which keep
+# no cap. Inductor launches the kernels it emits without one, so under torch.compile the
+# kernel runs uncapped (``attention_forward``'s register_cap).
+THRESHOLD_REGISTERS = 168
 # The row table codes z in steps of 1 / CODE_UNIT. It holds Nq x (key tiles) bytes per head; a
 # forward whose table would exceed ROW_TABLE_BYTES runs its heads in groups that fit (one at least).
 CODE_UNIT = tl.constexpr(127.0)
@@ -311,20 +320,21 @@ def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: t
     done = empty
     step = 0
     while (step < steps) & (tl.min(done.to(tl.int32), 0) == 0):
-        # per-entry sums, added up once per step (a row sum per chunk cost 5% more)
-        count = tl.zeros([t.shape[0], CHUNK], tl.float32)
-        s1 = tl.zeros([t.shape[0], CHUNK], tl.float32)
-        s2 = tl.zeros([t.shape[0], CHUNK], tl.float32)
+        # row sums per chunk: per-entry sums were 5% faster here, but their registers would
+        # exceed the threshold kernel's cap (THRESHOLD_REGISTERS) and spill
+        count = tl.zeros(t.shape, tl.float32)
+        s1 = tl.zeros(t.shape, tl.float32)
+        s2 = tl.zeros(t.shape, tl.float32)
         for c in range(0, n_src, CHUNK):
             kt, ok = _chunk_tiles(Src, c, n_src, CHUNK)
             code = _load_codes(rt_base, offs_m, kt, Nq, ok)
             y = (code.to(tl.float32) - 1.0) / CODE_UNIT - shift[:, None]
             c0, c1, c2, _ = threshold_terms(y - t[:, None], ALPHA_MODE, k)
-            count += c0
-            s1 += c1
-            s2 += c2
-        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, tl.sum(count, 1), tl.sum(s1, 1),
-                                                         tl.sum(s2, 1), 0.0, prev, k, ALPHA_MODE)
+            count += tl.sum(c0, 1)
+            s1 += tl.sum(c1, 1)
+            s2 += tl.sum(c2, 1)
+        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, 0.0, prev, k,
+                                                         ALPHA_MODE)
         t = tl.where(done, t, t_next)
         done = done | converged
         step += 1
@@ -332,15 +342,28 @@ def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: t
 
 
 @triton.jit
+def _fold(c0, c1, c2, c3):
+    """Per-entry terms of a (rows, 64) key tile folded to (rows, 8): the sums of c0, c1, c2 and
+    the min of c3 over the 8 groups of 8 columns. A thread of the tensor cores' 64-wide
+    accumulator holds the same columns of every group, so the fold stays in its registers: the
+    passes' per-entry accumulators take 8x fewer registers for the same number of additions."""
+    rows: tl.constexpr = c0.shape[0]
+    return (tl.sum(tl.reshape(c0, (rows, 8, 8)), 1), tl.sum(tl.reshape(c1, (rows, 8, 8)), 1),
+            tl.sum(tl.reshape(c2, (rows, 8, 8)), 1), tl.min(tl.reshape(c3, (rows, 8, 8)), 1))
+
+
+@triton.jit
 def _tile_threshold_stats(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
                           stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, k,
                           IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
                           PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr):
-    """Per-entry terms of (count, s1, s2, gap) of one key tile at the trial t (``threshold_terms``)."""
+    """Per-entry terms of (count, s1, s2, gap) of one key tile at the trial t (``threshold_terms``),
+    folded (``_fold``)."""
     x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
                        stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
                        MASK_KIND, PRECISION, BOUNDS)
-    return threshold_terms(x, ALPHA_MODE, k)
+    c0, c1, c2, c3 = threshold_terms(x, ALPHA_MODE, k)
+    return _fold(c0, c1, c2, c3)
 
 
 @triton.jit
@@ -429,10 +452,10 @@ def adasplash_attention_threshold(
                                            n_free, tl.where(done, float("inf"), t), None, None,
                                            False, ROW_CHUNK)
         unseen = tl.maximum(unseen, unseen_cand)
-        count = tl.zeros([BLOCK_M, 64], tl.float32)
-        s1 = tl.zeros([BLOCK_M, 64], tl.float32)
-        s2 = tl.zeros([BLOCK_M, 64], tl.float32)
-        gap = tl.full([BLOCK_M, 64], float("inf"), tl.float32)
+        count = tl.zeros([BLOCK_M, 8], tl.float32)
+        s1 = tl.zeros([BLOCK_M, 8], tl.float32)
+        s2 = tl.zeros([BLOCK_M, 8], tl.float32)
+        gap = tl.full([BLOCK_M, 8], float("inf"), tl.float32)
         for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
             for j in range(n_int if edge else 0, n_live if edge else n_int):
                 c0, c1, c2, c3 = _tile_threshold_stats(
@@ -613,9 +636,10 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 
 def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=None,
-                      for_backward=False, launch=_identity, stats=False):
+                      for_backward=False, launch=_identity, stats=False, register_cap=True):
     """(out, tau, row_max, tile_max, u_shift) as ``lowering.reference.attention_forward`` (no
-    dropout); u_shift has 0 elements unless for_backward.
+    dropout); u_shift has 0 elements unless for_backward. register_cap: launch the threshold
+    kernel with THRESHOLD_REGISTERS (for launches that pass ``maxnreg`` on; Inductor's do not).
 
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, DV), any strides; head_alpha: None or a
     (Hq,) tensor. With stats=True a sixth output holds, per query block, (threshold passes, live
@@ -650,6 +674,8 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     narrow = q.dtype == torch.float32 or mask_kind != 0  # fewer key tiles per sweep step
     sparse = dict(BLOCK_M=sparse_m, LIST_CHUNK=LIST_CHUNK, STATS=stats, **common,
                   num_warps=8 if sparse_m == 128 else 4, num_stages=1 if wide else 2)
+    capped = register_cap and not (wide or narrow) and mode != 0  # (else it spills, see above)
+    cap = dict(maxnreg=THRESHOLD_REGISTERS) if capped else {}
     # the row table and the live lists are scratch, for a group of heads at a time: groups of
     # (first head, heads); with one group no size needs to be an integer (under torch.compile
     # they may be symbolic)
@@ -674,7 +700,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
         launch(adasplash_attention_threshold)[(n_mb, group)](
             q, k, mask, ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau,
             stat_buf, *q.stride(), *k.stride(), *ms, Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0,
-            scale, float(alpha), MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, **sparse,
+            scale, float(alpha), MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, **sparse, **cap,
         )
         launch(adasplash_attention_out)[(n_mb, group)](
             q, k, v, mask, ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, out,

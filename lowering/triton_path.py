@@ -46,10 +46,22 @@ def entmax_backward(grad, p, alpha, alpha_tensor, dim, need_alpha_grad):
     return dx, da.sum_to_size(alpha_tensor.shape).to(alpha_tensor.dtype)
 
 
+def _launches_directly() -> bool:
+    """Whether ``wrap_triton`` launches the kernels itself (eager calls of the ops) rather than
+    recording them for a graph: only then do launch options such as ``maxnreg`` reach Triton
+    (Inductor emits launches of its own, without register caps)."""
+    try:
+        from torch._library.triton import is_wrap_triton_enabled  # private: feature-checked
+    except ImportError:
+        return False
+    return not is_wrap_triton_enabled()
+
+
 def attention_forward(q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, head_alpha,
                       dropout_seed, for_backward):
     return attention_fwd.attention_forward(
-        q, k, v, attn_mask, is_causal, scale, alpha, head_alpha, for_backward, launch=wrap_triton
+        q, k, v, attn_mask, is_causal, scale, alpha, head_alpha, for_backward, launch=wrap_triton,
+        register_cap=_launches_directly(),
     )
 
 

@@ -197,6 +197,36 @@ def _sweep_only(kernel):
     return Skip()
 
 
+@pytest.mark.parametrize("dtype, D, mask, alpha, cap, capped", [
+    (torch.bfloat16, 128, None, 1.5, True, True),
+    (torch.float16, 64, None, 2.0, True, True),
+    (torch.bfloat16, 128, None, 1.5, False, False),  # as Inductor's launches have it
+    (torch.bfloat16, 128, "bool", 1.5, True, False),
+    (torch.bfloat16, 128, None, 1.3, True, False),
+    (torch.float32, 128, None, 1.5, True, False),
+    (torch.bfloat16, 256, None, 1.5, True, False),
+])
+def test_threshold_register_cap(dtype, D, mask, alpha, cap, capped):
+    """The threshold kernel, and no other, is launched with THRESHOLD_REGISTERS only where that
+    was measured to pay and compiles without spilling much: 16-bit inputs, no mask, alpha 1.5 or
+    2, D up to 128, and a caller whose launches pass it on."""
+    launched = {}
+
+    def record(kernel):
+        class Record:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: launched.setdefault(kernel.fn.__name__, kwargs)
+        return Record()
+
+    q = torch.randn(1, 2, 256, D).to(dtype)
+    attention_fwd.attention_forward(q, q, q, _mask(mask, 1, 2, 256, 256), True, None, alpha,
+                                    launch=record, register_cap=cap)
+    caps = {name.removeprefix("adasplash_attention_"): kwargs.get("maxnreg")
+            for name, kwargs in launched.items()}
+    assert caps == {"max": None, "out": None,
+                    "threshold": attention_fwd.THRESHOLD_REGISTERS if capped else None}
+
+
 HISTOGRAM_CASES = {
     # the sweep visits key tiles from the last to the first: a max in the first one comes last,
     # and the counts gathered so far must move down by the bins the max moved
