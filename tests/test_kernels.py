@@ -227,6 +227,27 @@ def test_threshold_register_cap(dtype, D, mask, alpha, cap, capped):
                     "threshold": attention_fwd.THRESHOLD_REGISTERS if capped else None}
 
 
+def test_ops_cap_registers_only_where_wrap_triton_launches(monkeypatch):
+    """The CUDA path asks for the register cap only where ``wrap_triton`` launches the kernels
+    itself (an eager call of the op runs with it off), not where it records them for a graph."""
+    set_wrap_triton_enabled = getattr(pytest.importorskip("torch._library.triton"),
+                                      "set_wrap_triton_enabled", None)
+    if set_wrap_triton_enabled is None:
+        pytest.skip("this torch has no wrap_triton switch")
+    from lowering import triton_path
+
+    asked = []
+    monkeypatch.setattr(triton_path.attention_fwd, "attention_forward",
+                        lambda *args, register_cap, **kwargs: asked.append(register_cap))
+    q = torch.randn(1, 2, 64, 16)
+    args = (q, q, q, None, 0.0, True, None, 1.5, None, None, False)
+    with set_wrap_triton_enabled(True):
+        triton_path.attention_forward(*args)
+    with set_wrap_triton_enabled(False):
+        triton_path.attention_forward(*args)
+    assert asked == [False, True]
+
+
 HISTOGRAM_CASES = {
     # the sweep visits key tiles from the last to the first: a max in the first one comes last,
     # and the counts gathered so far must move down by the bins the max moved

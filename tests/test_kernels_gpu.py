@@ -164,3 +164,27 @@ def test_this_card_takes_the_attention_kernels():
     q = torch.randn(1, 2, 128, 64, device="cuda", dtype=torch.bfloat16)
     assert routing.max_shared_memory(q.device.index or 0) >= SHARED_MEMORY
     assert routing.use_triton_attention(q, q, q, None, 0.0, True, None, 1.5, None, None)
+
+
+def test_register_cap_in_eager_calls_only(monkeypatch):
+    """An eager call of the attention op launches the threshold kernel with its register cap;
+    under torch.compile, where Inductor emits its own launches without one, the op asks for none
+    (a maxnreg there would reach the traced kernel call as a stray argument)."""
+    from kernels import attention_fwd
+    from lowering import triton_path
+
+    asked = []
+    launch_helper = attention_fwd.attention_forward
+
+    def record(*args, register_cap, **kwargs):
+        asked.append(register_cap)
+        return launch_helper(*args, register_cap=register_cap, **kwargs)
+
+    monkeypatch.setattr(triton_path.attention_fwd, "attention_forward", record)
+    q, k, v = _inputs(1, 2, 2, 1024, 64, torch.bfloat16, 1.0)
+    eager = ac.entmax_attention(q, k, v, is_causal=True)
+    assert asked == [True]
+    compiled = torch.compile(lambda q, k, v: ac.entmax_attention(q, k, v, is_causal=True),
+                             fullgraph=True)(q, k, v)
+    assert asked[1:] and not any(asked[1:])
+    assert _rel(compiled, eager) < 1e-6
