@@ -154,7 +154,8 @@ def compile_launches(run_helpers) -> list[dict]:
 def attention_launches(dtype: torch.dtype, head_dim: int, causal: bool = True, seq: int = 1024,
                        mask: str = "none", backward: bool = True):
     """A ``run_helpers`` for ``compile_launches``: the attention forward (with and without the
-    backward's u_shift) and, if backward, the backward (with u_shift), on (1, 2, seq, head_dim)
+    backward's u_shift, with the register caps of eager calls and without, as Inductor launches
+    it) and, if backward, the backward (with u_shift), on (1, 2, seq, head_dim)
     tensors (seq a multiple of 1024 specializes like the long sequences that matter), with no
     mask or a (seq, seq) "bool" or "float" one."""
     from kernels import attention_bwd, attention_fwd
@@ -164,9 +165,10 @@ def attention_launches(dtype: torch.dtype, head_dim: int, causal: bool = True, s
         q = torch.randn(1, 2, seq, head_dim).to(dtype)
         attn_mask = {"none": None, "bool": torch.ones(seq, seq, dtype=torch.bool),
                      "float": torch.zeros(seq, seq, dtype=dtype)}[mask]
-        for for_backward in (False, True):
+        for for_backward, register_cap in ((False, True), (True, True), (False, False)):
             attention_fwd.attention_forward(q, q, q, attn_mask, causal, None, 1.5,
-                                            for_backward=for_backward, launch=launch)
+                                            for_backward=for_backward, launch=launch,
+                                            register_cap=register_cap)
         if backward:
             out, tau, row_max, tile_max, u_shift = reference.attention_forward(
                 q, q, q, attn_mask, 0.0, causal, None, 1.5, None, None, True)

@@ -7,8 +7,8 @@ For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf
    max (s_ij - m_i) over the tile, which the backward reads too; it uses the running max, which
    only grows (the sweep runs from the last key tile down, so that for causal, local attention
    the row max comes first). The row table, scratch for the forward, holds per row and tile the
-   max of y = (alpha - 1)(s - r) in int8 steps of 1/127 (``_row_code``), r the running max
-   after the first block of keys: a fixed reference, so that z = y - (alpha - 1)(m - r) is
+   max of y = (alpha - 1)(s - r) in int8 steps of 1/127 (``_row_code``), r the row max over
+   the last REF_TILES admissible key tiles: a fixed reference, so that z = y - (alpha - 1)(m - r) is
    bounded above, and from below to within a step, by it. (Rows attend to different tiles: the
    output pass visited 1.9x the tiles that hold some p > 0 with lists from the slice table at
    block sparsity 0.74, 1.01x with the row table.) For the alphas of ``HISTOGRAM_MODES`` the
@@ -72,13 +72,23 @@ DENSE_BLOCK_M = 128
 # shared memory at D = 128, more than a Hopper card's 227 KiB, and spills).
 DENSE_KEY_TILES = 4
 DENSE_KEY_TILES_NARROW = 2
+# The row table's reference r is the row max over the last REF_TILES admissible key tiles, the
+# first the sweep visits. The sweep's first block can hold fewer (2 of 4 tiles for every other
+# 128-row block of a causal mask: the diagonal ones, of which a block's first rows see few
+# keys); the tiles it lacks are scored once more before the sweep. An r from fewer keys makes
+# more entries saturate and the table's start lower: on an H100 (N = 16k, H = 16, D = 128, bf16,
+# causal) dense rows took 2.71 threshold passes with r from the first block alone, 2.52 with r
+# from 4 tiles (threshold kernel 4.07 -> 3.59 ms), 2.38 from 8 (but the sweep, then scoring 8
+# tiles more per block, took 1.25 -> 1.33 ms).
+REF_TILES = tl.constexpr(4)
 # That 4-tile sweep runs in 3 pipeline stages: on an H100 (N = 16k, H = 16, D = 128, alpha = 1.5)
 # it took 1.30-1.34 ms with 2 stages, 1.22-1.25 with 3, at block sparsity 0, 0.90 and 0.96. It
-# then takes SHARED_MEMORY bytes of shared memory at D = 128 in 16 bits (sm_90), the most of any
-# attention kernel here (compiled for sm_90: 2 stages 161 KiB, the float32 backward 144 KiB): the
-# kernels are meant for cards that give a program that much (a Hopper card has 227 KiB);
-# ``lowering.routing`` sends other cards to the reference.
-SHARED_MEMORY = 230400
+# then takes SHARED_MEMORY bytes of shared memory at D = 128 in 16 bits (sm_90; 1 KiB of it since
+# the REF_TILES tiles are scored apart), the most of any attention kernel here (compiled for
+# sm_90: 2 stages 161 KiB, the float32 backward 144 KiB): the kernels are meant for cards that
+# give a program that much (a Hopper card has 227 KiB); ``lowering.routing`` sends other cards
+# to the reference.
+SHARED_MEMORY = 231424
 SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
 # Registers per thread of the threshold kernel (``maxnreg``) for 16-bit inputs without a mask, D
 # up to 128 and alpha 1.5 or 2: three programs then share an SM, where ptxas, free to take 255,
@@ -165,9 +175,10 @@ def _max_block(q, K, Mask, k_base, mask_base, offs_m, kb, offs_d, stride_kn, str
     """One block of T key tiles of the dense sweep: updates the row max m, the reference r and,
     if HISTOGRAM, the counts (lo, hi, top) of ``histogram_update``, and writes the max over each
     tile of s - m per 64-row slice (>= its value for the final m) and of s - r per row, coded
-    (``_row_code``). r is the running max after the first block with an admissible key: a fixed
-    reference, whose distance to the final m the readers take off (the running max itself, rising
-    after the first tiles are coded, would make their entries useless as values of z)."""
+    (``_row_code``). r is the reference the sweep set before its first block (-inf for a row
+    that had no admissible key in it: then the running max after this block): fixed, so that
+    the readers take its distance to the final m off (the running max itself, rising after the
+    first tiles are coded, would make their entries useless as values of z)."""
     s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kb * 64 * T + tl.arange(0, 64 * T),
                    offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
                    IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
@@ -226,6 +237,13 @@ def adasplash_attention_max(
     lo = tl.zeros([BLOCK_M], tl.int64)
     hi = tl.zeros([BLOCK_M], tl.int64)
     top = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    # m starts at the max over those of the last REF_TILES admissible key tiles that the sweep's
+    # first block does not hold, so that r, set after that block, covers them all (REF_TILES)
+    for kt in range(tl.maximum(n_kt - REF_TILES, 0), (n_kb - 1) * T):
+        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + tl.arange(0, 64), offs_d,
+                       stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL,
+                       MASK_KIND, PRECISION, True)
+        m = tl.maximum(m, tl.max(s, 1))
     for i in range(0, n_kb - n_free):
         m, ref, lo, hi, top = _max_block(
             q, K, Mask, k_base, mask_base, offs_m, n_kb - 1 - i, offs_d, stride_kn, stride_kd,
@@ -639,7 +657,8 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
                       for_backward=False, launch=_identity, stats=False, register_cap=True):
     """(out, tau, row_max, tile_max, u_shift) as ``lowering.reference.attention_forward`` (no
     dropout); u_shift has 0 elements unless for_backward. register_cap: launch the threshold
-    kernel with THRESHOLD_REGISTERS (for launches that pass ``maxnreg`` on; Inductor's do not).
+    kernel with THRESHOLD_REGISTERS where that pays (for launches that pass ``maxnreg`` on;
+    Inductor's do not).
 
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, DV), any strides; head_alpha: None or a
     (Hq,) tensor. With stats=True a sixth output holds, per query block, (threshold passes, live

@@ -223,8 +223,10 @@ def test_unmasked_forward_fits_a_hopper_card():
     (sweep,) = [row for row in rows if row["kernel"] == "attention_max"]
     assert "T=4" in sweep["flags"] and sweep["warps, stages"] == "8, 3", sweep
     assert all(int(row["shared B"]) <= SHARED_MEMORY for row in rows), rows
-    (threshold,) = [row for row in rows if row["kernel"] == "attention_threshold"]
-    assert threshold["register cap"] == str(THRESHOLD_REGISTERS), threshold
+    thresholds = {row["register cap"]: row for row in rows
+                  if row["kernel"] == "attention_threshold"}  # eager launches, and Inductor's
+    assert thresholds.keys() == {str(THRESHOLD_REGISTERS), "none"}, thresholds
+    threshold = thresholds[str(THRESHOLD_REGISTERS)]
     assert int(threshold["registers"]) <= THRESHOLD_REGISTERS, threshold
     assert int(threshold["spill stores B"]) <= 64 and int(threshold["spill loads B"]) <= 64
 

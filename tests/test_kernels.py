@@ -81,6 +81,8 @@ FORWARD_CASES = {
     "head dims 80 / 48, scale": dict(D=80, DV=48, sm_scale=0.3),
     "one query": dict(Nq=1, Nk=77),
     "float16": dict(dtype=torch.float16, causal=True),
+    # 4 key tiles per sweep step: blocks whose first step holds 2 admissible tiles
+    "float16, 600 keys": dict(dtype=torch.float16, causal=True, Nq=600, Nk=600),
     # dP = dO v^T then has a large common part, which dS = u (dP - delta) cancels
     "float16, values with a common offset": dict(dtype=torch.float16, causal=True, scale=2.0,
                                                  v_offset=50.0),
