@@ -78,8 +78,9 @@ DENSE_KEY_TILES_NARROW = 2
 # keys); the tiles it lacks are scored once more before the sweep. An r from fewer keys makes
 # more entries saturate and the table's start lower: on an H100 (N = 16k, H = 16, D = 128, bf16,
 # causal) dense rows took 2.71 threshold passes with r from the first block alone, 2.52 with r
-# from 4 tiles (threshold kernel 4.07 -> 3.59 ms), 2.38 from 8 (but the sweep, then scoring 8
-# tiles more per block, took 1.25 -> 1.33 ms).
+# from 4 tiles (threshold kernel 4.11 -> 3.62 ms, the sweep unchanged), 2.38 from 8 (but the
+# sweep, then scoring 8 tiles more per block, took 1.25 -> 1.33 ms). Sweeps of fewer tiles per
+# step (float32 and masked: 2, D > 128: 1) score 2 or 3 tiles apart for every block (not timed).
 REF_TILES = tl.constexpr(4)
 # That 4-tile sweep runs in 3 pipeline stages: on an H100 (N = 16k, H = 16, D = 128, alpha = 1.5)
 # it took 1.30-1.34 ms with 2 stages, 1.22-1.25 with 3, at block sparsity 0, 0.90 and 0.96. It
