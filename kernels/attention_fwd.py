@@ -460,6 +460,12 @@ def adasplash_attention_threshold(
             steps = tl.where(4 * n_cand >= 3 * n_kt, TABLE_STEPS, 1)
             t = _table_start(rt_base, offs_m, Nq, shift, Cand, n_cand, empty, k, ALPHA_MODE,
                              steps, ROW_CHUNK)
+        # read back: the lists' positions depend on t, and a helper's result counts for
+        # Inductor's analysis of what the kernel writes as derived from all of its pointer
+        # arguments (the row table, read by _table_start, would count as written)
+        tl.store(Tau + rows, t, mask=offs_m < Nq)
+        tl.debug_barrier()
+        t = tl.load(Tau + rows, mask=offs_m < Nq, other=float("inf"))
     lo = tl.where(empty, float("inf"), -1.0)
     hi = tl.where(empty, float("inf"), 0.0)
     prev = tl.full([BLOCK_M], -1.0, tl.float32)

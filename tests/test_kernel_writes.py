@@ -53,6 +53,9 @@ PROBE = textwrap.dedent("""
     mask = torch.rand(1, 1, 256, 256) > 0.5
     head_alpha = torch.tensor([1.5, 1.6])
     attention_fwd.attention_forward(q, q, q, mask, True, None, 1.5, head_alpha, True, launch=launch)
+    # one alpha (the passes start from the row table), with and without a mask
+    attention_fwd.attention_forward(q, q, q, mask, True, None, 1.5, None, True, launch=launch)
+    attention_fwd.attention_forward(q, q, q, None, True, None, 2.0, None, True, launch=launch)
     out, tau, row_max, tile_max, u_shift = reference.attention_forward(q, q, q, mask, 0.0, True, None,
                                                                    1.5, head_alpha, None, True)
     for need_alpha_grad in (True, False):  # delta from a pass of its own, then from u_shift
