@@ -95,8 +95,9 @@ SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
 # up to 128 and alpha 1.5 or 2: three programs then share an SM, where ptxas, free to take 255,
 # left room for two (the passes are bound by latency). On an H100 (N = 16k, H = 16, D = 128,
 # bf16, causal, alpha 1.5) the kernel took 4.47 -> 4.05 ms at block sparsity 0 and 0.80 -> 0.69
-# ms at 0.90; 152 and 128 registers were slower. Compiled for sm_90 it spills 16 bytes there
-# (none for alpha 2), but 260-5600 bytes with a mask or another alpha, which keep no cap.
+# ms at 0.90; 152 and 128 registers were slower. Compiled for sm_90 it spills 28 bytes there,
+# none inside the passes' loops (none for alpha 2), but 260-5600 bytes with a mask or another
+# alpha, which keep no cap.
 # Inductor launches the kernels it emits without one, so under torch.compile the kernel runs
 # uncapped (``attention_forward``'s register_cap).
 THRESHOLD_REGISTERS = 168
