@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import bench_attention, bench_entmax, report
 from .bench_attention import AttentionPoint
 from .bench_entmax import EntmaxPoint
-from .timing import attempt, environment, file_tag
+from .timing import attempt, environment, file_tag, recorded_args
 
 TARGETS = (0.0, 0.5, 0.75, 0.9, 0.95)
 
@@ -106,8 +106,8 @@ def main(argv=None) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"bench_{args.preset}_{file_tag(env)}.json"
-    data = {"env": env, "preset": args.preset, "args": vars(args), "attention": [], "entmax": [],
-            "stopped": None}
+    data = {"env": env, "preset": args.preset, "args": recorded_args(args), "attention": [],
+            "entmax": [], "stopped": None}
     points = plan(args)
     start = time.perf_counter()
     bar = tqdm(points, desc="benchmarks", unit="point", file=sys.stdout, dynamic_ncols=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import re
 import statistics
@@ -112,11 +113,21 @@ def table_row(cells) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def recorded_args(args) -> dict:
+    """A tool's arguments as its JSON records them: its output folder and file by their names
+    only (a result file names no path of the machine that wrote it)."""
+    recorded = dict(vars(args))
+    for key in ("out", "json"):
+        if isinstance(recorded.get(key), str):
+            recorded[key] = os.path.basename(os.path.normpath(recorded[key]))
+    return recorded
+
+
 def save_rows(path: str, args, rows: list, device: str = "cuda") -> None:
     """Write a tool's rows as JSON, with its arguments and the ``environment`` of device."""
     with open(path, "w") as f:
-        json.dump({"args": vars(args), "env": environment(torch.device(device)), "rows": rows}, f,
-                  indent=1)
+        json.dump({"args": recorded_args(args), "env": environment(torch.device(device)),
+                   "rows": rows}, f, indent=1)
 
 
 def file_tag(env: dict) -> str:

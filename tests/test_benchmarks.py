@@ -77,6 +77,7 @@ def test_smoke_run_writes_json_markdown_and_plot(tmp_path, capsys):
     data = json.loads(path.read_text())
     assert {"card", "torch", "triton"} <= data["env"].keys()
     assert data["env"]["torch"].split("+")[0] in path.name
+    assert data["args"]["out"] == tmp_path.name  # its name only, no path of this machine
     assert len(data["attention"]) == 4 and len(data["entmax"]) == 4
     for res in data["attention"]:
         sp = res["sparsity"]
@@ -147,9 +148,11 @@ def test_save_rows_records_arguments_environment_and_rows(tmp_path):
 
     path = tmp_path / "rows.json"
     rows = [{"a": 1.5, "ms": {"fwd": 2.0}}]
-    save_rows(str(path), argparse.Namespace(seq=128, alpha=1.3), rows, device="cpu")
+    save_rows(str(path), argparse.Namespace(seq=128, alpha=1.3, json=str(path)), rows, device="cpu")
     saved = json.loads(path.read_text())
-    assert saved["args"] == {"seq": 128, "alpha": 1.3} and saved["rows"] == rows
+    # the output file by its name only: no path of the machine that wrote it
+    assert saved["args"] == {"seq": 128, "alpha": 1.3, "json": "rows.json"}
+    assert saved["rows"] == rows
     assert saved["env"]["torch"] == torch.__version__ and saved["env"]["card"].startswith("cpu")
     assert table_row(["1", "0.5"]) == "| 1 | 0.5 |"
 
