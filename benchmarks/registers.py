@@ -63,6 +63,8 @@ def _specialize(kernel, bound: dict):
             signature[param.name] = "*" + _TYPES[value.dtype]
             if value.data_ptr() % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
+        elif hasattr(value, "block_shape"):  # a TensorDescriptor (host-side TMA)
+            signature[param.name] = f"tensordesc<{_TYPES[value.base.dtype]}{list(value.block_shape)}>"
         elif isinstance(value, bool):
             signature[param.name] = "i1"
         elif isinstance(value, int):
@@ -165,10 +167,10 @@ def attention_launches(dtype: torch.dtype, head_dim: int, causal: bool = True, s
         q = torch.randn(1, 2, seq, head_dim).to(dtype)
         attn_mask = {"none": None, "bool": torch.ones(seq, seq, dtype=torch.bool),
                      "float": torch.zeros(seq, seq, dtype=dtype)}[mask]
-        for for_backward, register_cap in ((False, True), (True, True), (False, False)):
+        for for_backward, direct_launch in ((False, True), (True, True), (False, False)):
             attention_fwd.attention_forward(q, q, q, attn_mask, causal, None, 1.5,
                                             for_backward=for_backward, launch=launch,
-                                            register_cap=register_cap)
+                                            direct_launch=direct_launch)
         if backward:
             out, tau, row_max, tile_max, u_shift = reference.attention_forward(
                 q, q, q, attn_mask, 0.0, causal, None, 1.5, None, None, True)

@@ -48,7 +48,7 @@ import triton.language as tl
 from .entmax_rows import alpha_mode
 from .histogram import BINS, histogram_start, histogram_update
 from .threshold import p_and_u, threshold_terms, threshold_step
-from .tiles import load_tile, score_tile, shifted_scores
+from .tiles import load_tile, mask_scores, score_tile, shifted_scores
 
 TILE = 64
 MAX_STEPS = 32
@@ -83,13 +83,15 @@ DENSE_KEY_TILES_NARROW = 2
 # step (float32 and masked: 2, D > 128: 1) score 2 or 3 tiles apart for every block (not timed).
 REF_TILES = tl.constexpr(4)
 # That 4-tile sweep runs in 3 pipeline stages: on an H100 (N = 16k, H = 16, D = 128, alpha = 1.5)
-# it took 1.30-1.34 ms with 2 stages, 1.22-1.25 with 3, at block sparsity 0, 0.90 and 0.96. It
-# then takes SHARED_MEMORY bytes of shared memory at D = 128 in 16 bits (sm_90; 1 KiB of it since
-# the REF_TILES tiles are scored apart), the most of any attention kernel here (compiled for
+# it took 1.30-1.34 ms with 2 stages, 1.22-1.25 with 3, at block sparsity 0, 0.90 and 0.96; with
+# its key blocks loaded by the tensor memory accelerator (``key_descriptor``, where k's layout
+# allows) 1.12-1.13 against 1.24-1.26 ms (same outputs). It then takes SHARED_MEMORY bytes of
+# shared memory at D = 128 in 16 bits (sm_90; 1 KiB of it since the REF_TILES tiles are scored
+# apart, 1 KiB for the descriptor's loads), the most of any attention kernel here (compiled for
 # sm_90: 2 stages 161 KiB, the float32 backward 144 KiB): the kernels are meant for cards that
-# give a program that much (a Hopper card has 227 KiB); ``lowering.routing`` sends other cards
-# to the reference.
-SHARED_MEMORY = 231424
+# give a program that much (a Hopper card has 227 KiB, all of it); ``lowering.routing`` sends
+# other cards to the reference.
+SHARED_MEMORY = 232448
 SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
 # Registers per thread of the threshold kernel (``maxnreg``) for 16-bit inputs without a mask, D
 # up to 128 and alpha 1.5 or 2: three programs then share an SM, where ptxas, free to take 255,
@@ -99,7 +101,7 @@ SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
 # none inside the passes' loops (none for alpha 2), but 260-5600 bytes with a mask or another
 # alpha, which keep no cap.
 # Inductor launches the kernels it emits without one, so under torch.compile the kernel runs
-# uncapped (``attention_forward``'s register_cap).
+# uncapped (``attention_forward``'s direct_launch).
 THRESHOLD_REGISTERS = 168
 # The row table codes z in steps of 1 / CODE_UNIT. It holds Nq x (key tiles) bytes per head; a
 # forward whose table would exceed ROW_TABLE_BYTES runs its heads in groups that fit (one at least).
@@ -169,11 +171,11 @@ def _row_code(rel, am1):
 
 
 @triton.jit
-def _max_block(q, K, Mask, k_base, mask_base, offs_m, kb, offs_d, stride_kn, stride_kd, stride_mm,
-               stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c, tm_ptrs, rt_base,
-               slices, n_tiles_m, n_tiles_n, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-               PRECISION: tl.constexpr, BOUNDS: tl.constexpr, HISTOGRAM: tl.constexpr,
-               R: tl.constexpr, T: tl.constexpr):
+def _max_block(q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, kb, offs_d, stride_kn,
+               stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c,
+               tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL: tl.constexpr,
+               MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
+               HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr, R: tl.constexpr, T: tl.constexpr):
     """One block of T key tiles of the dense sweep: updates the row max m, the reference r and,
     if HISTOGRAM, the counts (lo, hi, top) of ``histogram_update``, and writes the max over each
     tile of s - m per 64-row slice (>= its value for the final m) and of s - r per row, coded
@@ -181,9 +183,17 @@ def _max_block(q, K, Mask, k_base, mask_base, offs_m, kb, offs_d, stride_kn, str
     that had no admissible key in it: then the running max after this block): fixed, so that
     the readers take its distance to the final m off (the running max itself, rising after the
     first tiles are coded, would make their entries useless as values of z)."""
-    s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kb * 64 * T + tl.arange(0, 64 * T),
-                   offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
-                   IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
+    offs_n = kb * 64 * T + tl.arange(0, 64 * T)
+    if KEY_TMA:
+        # the key block through the tensor memory accelerator (zeros past Nk and D)
+        kt = tl.reshape(KDesc.load([b, hk, kb * 64 * T, 0]), (64 * T, q.shape[1]))
+        s = mask_scores(tl.dot(q, tl.trans(kt), input_precision=PRECISION) * scale, Mask,
+                        mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, IS_CAUSAL,
+                        MASK_KIND, BOUNDS)
+    else:
+        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd,
+                       stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND, PRECISION,
+                       BOUNDS)
     s = tl.reshape(s, (R * 64, T, 64))
     tile_max = tl.max(s, 2)
     s_max = tl.max(tile_max, 1)
@@ -203,17 +213,18 @@ def _max_block(q, K, Mask, k_base, mask_base, offs_m, kb, offs_d, stride_kn, str
 
 @triton.jit
 def adasplash_attention_max(
-    Q, K, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, Tau,
+    Q, K, KDesc, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, Tau,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, BH0, scale, alpha,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, HISTOGRAM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
+    KEY_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
 ):
     """Row max, tile-max tables (per slice, and per row for this launch's heads) and, if
-    HISTOGRAM, the histogram start of tau (written to Tau)."""
+    HISTOGRAM, the histogram start of tau (written to Tau). KEY_TMA: the sweep's key blocks come
+    through KDesc, a descriptor of K in (1, 1, 64 T, BLOCK_D) boxes (``key_descriptor``)."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
     pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BH0, BLOCK_M, IS_CAUSAL)
@@ -248,14 +259,16 @@ def adasplash_attention_max(
         m = tl.maximum(m, tl.max(s, 1))
     for i in range(0, n_kb - n_free):
         m, ref, lo, hi, top = _max_block(
-            q, K, Mask, k_base, mask_base, offs_m, n_kb - 1 - i, offs_d, stride_kn, stride_kd,
-            stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c, tm_ptrs, rt_base,
-            slices, n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, True, HISTOGRAM, R, T)
+            q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, n_kb - 1 - i, offs_d, stride_kn,
+            stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c,
+            tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, True,
+            HISTOGRAM, KEY_TMA, R, T)
     for i in range(0, n_free):
         m, ref, lo, hi, top = _max_block(
-            q, K, Mask, k_base, mask_base, offs_m, n_free - 1 - i, offs_d, stride_kn, stride_kd,
-            stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c, tm_ptrs, rt_base,
-            slices, n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, False, HISTOGRAM, R, T)
+            q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, n_free - 1 - i, offs_d, stride_kn,
+            stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c,
+            tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, False,
+            HISTOGRAM, KEY_TMA, R, T)
     rows = bh.to(tl.int64) * Nq + offs_m
     tl.store(RowMax + rows, m, mask=offs_m < Nq)
     tl.store(RowRef + tl.program_id(1).to(tl.int64) * Nq + offs_m, ref, mask=offs_m < Nq)
@@ -656,17 +669,37 @@ def mask_4d(attn_mask):
     return m, strides, 1 if m.dtype == torch.bool else 2
 
 
+def key_descriptor(k: torch.Tensor, block_keys: int, block_d: int):
+    """A host-side TMA descriptor of k (B, Hkv, Nk, D) in (1, 1, block_keys, block_d) boxes for a
+    launch of its own (eager: k holds data), or None where this Triton has none, the card
+    predates Hopper's tensor memory accelerator, or the hardware cannot take k as laid out: the
+    last dim not contiguous, another stride zero (expanded) or not a multiple of 16 bytes, or the
+    start not 16-byte aligned (such views of projections exist)."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None
+    if k.device.type == "cuda" and torch.cuda.get_device_capability(k.device)[0] < 9:
+        return None
+    item = k.element_size()
+    if (k.stride(-1) != 1 or k.data_ptr() % 16
+            or any(s <= 0 or s * item % 16 for s in k.stride()[:-1])):
+        return None
+    return TensorDescriptor.from_tensor(k, [1, 1, block_keys, block_d])
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """IEEE dots for float32 inputs (tf32 would cost ~1e-3); tensor cores for 16-bit ones."""
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=None,
-                      for_backward=False, launch=_identity, stats=False, register_cap=True):
+                      for_backward=False, launch=_identity, stats=False, direct_launch=True):
     """(out, tau, row_max, tile_max, u_shift) as ``lowering.reference.attention_forward`` (no
-    dropout); u_shift has 0 elements unless for_backward. register_cap: launch the threshold
-    kernel with THRESHOLD_REGISTERS where that pays (for launches that pass ``maxnreg`` on;
-    Inductor's do not).
+    dropout); u_shift has 0 elements unless for_backward. direct_launch: Triton's own launcher
+    runs the launches (eager calls), not Inductor's: only then does the threshold kernel get
+    THRESHOLD_REGISTERS (``maxnreg``) where that pays, and the sweep its key descriptor
+    (``key_descriptor``; torch keeps no descriptor in a graph it traces outside dynamo).
 
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, DV), any strides; head_alpha: None or a
     (Hq,) tensor. With stats=True a sixth output holds, per query block, (threshold passes, live
@@ -701,7 +734,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     narrow = q.dtype == torch.float32 or mask_kind != 0  # fewer key tiles per sweep step
     sparse = dict(BLOCK_M=sparse_m, LIST_CHUNK=LIST_CHUNK, STATS=stats, **common,
                   num_warps=8 if sparse_m == 128 else 4, num_stages=1 if wide else 2)
-    capped = register_cap and not (wide or narrow) and mode != 0  # (else it spills, see above)
+    capped = direct_launch and not (wide or narrow) and mode != 0  # (else it spills, see above)
     cap = dict(maxnreg=THRESHOLD_REGISTERS) if capped else {}
     # the row table and the live lists are scratch, for a group of heads at a time: groups of
     # (first head, heads); with one group no size needs to be an integer (under torch.compile
@@ -715,13 +748,16 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     row_ref = torch.empty((heads, Nq), **f32)
     live_list = torch.empty((heads * n_mb * 2 * n_tn,), dtype=torch.int32, device=q.device)
     n_cand = torch.empty((heads * n_mb,), dtype=torch.int32, device=q.device)
+    sweep_tiles = 1 if wide else DENSE_KEY_TILES_NARROW if narrow else DENSE_KEY_TILES
+    # the 4-tile sweep loads its key blocks through a descriptor where k allows (KEY_TMA)
+    k_desc = (key_descriptor(k, 64 * sweep_tiles, block_d)
+              if direct_launch and sweep_tiles == DENSE_KEY_TILES else None)
     for bh0, group in groups:
         launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), group)](
-            q, k, mask, ha, row_max, tile_max, row_table, row_ref, tau, *q.stride(), *k.stride(),
-            *ms,
+            q, k, k if k_desc is None else k_desc, mask, ha, row_max, tile_max, row_table, row_ref,
+            tau, *q.stride(), *k.stride(), *ms,
             Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_M=dense_m,
-            T=1 if wide else DENSE_KEY_TILES_NARROW if narrow else DENSE_KEY_TILES,
-            HISTOGRAM=histogram, **common,
+            T=sweep_tiles, HISTOGRAM=histogram, KEY_TMA=k_desc is not None, **common,
             num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2 if narrow else 3,
         )
         launch(adasplash_attention_threshold)[(n_mb, group)](

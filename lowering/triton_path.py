@@ -49,7 +49,8 @@ def entmax_backward(grad, p, alpha, alpha_tensor, dim, need_alpha_grad):
 def _launches_directly() -> bool:
     """Whether ``wrap_triton`` launches the kernels itself (eager calls of the ops) rather than
     recording them for a graph: only then do launch options such as ``maxnreg`` reach Triton
-    (Inductor emits launches of its own, without register caps)."""
+    (Inductor emits launches of its own, without register caps), and descriptor arguments
+    (torch records none in a graph it traces outside dynamo)."""
     try:
         from torch._library.triton import is_wrap_triton_enabled  # private: feature-checked
     except ImportError:
@@ -61,7 +62,7 @@ def attention_forward(q, k, v, attn_mask, dropout_p, is_causal, scale, alpha, he
                       dropout_seed, for_backward):
     return attention_fwd.attention_forward(
         q, k, v, attn_mask, is_causal, scale, alpha, head_alpha, for_backward, launch=wrap_triton,
-        register_cap=_launches_directly(),
+        direct_launch=_launches_directly(),
     )
 
 

@@ -25,8 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent("""
     import inspect, json, torch
     import torch._higher_order_ops.triton_kernel_wrap as tkw
+    import torch.utils._triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
     from benchmarks.registers import use_hopper_without_gpu
     use_hopper_without_gpu()
+    # descriptor arguments as on a Hopper card (without one torch takes them for plain arguments)
+    torch.utils._triton.has_triton_tensor_descriptor_host_tma = lambda: True
     analyze = getattr(tkw, "identify_accessed_tensors", None)
     from kernels import attention_bwd, attention_fwd, entmax_rows
     from lowering import reference
@@ -39,11 +43,16 @@ PROBE = textwrap.dedent("""
                     kwargs = dict(zip(names, args), **kw)
                     for option in ("num_warps", "num_stages"):
                         kwargs.pop(option, None)
+                    # a descriptor argument as torch.compile records it: its tensor, and its
+                    # box as metadata
+                    tma = {n: ("stable", (list(a.block_shape),)) for n, a in kwargs.items()
+                           if isinstance(a, TensorDescriptor)}
+                    kwargs.update({n: kwargs[n].base for n in tma})
                     if analyze is not None:
-                        acc = analyze(kernel, kwargs, {})
+                        acc = analyze(kernel, kwargs, tma)
                         written = [d.name for d in acc.read_writes.writes]
                     else:
-                        written = tkw.identify_mutated_tensors(kernel, kwargs, {})
+                        written = tkw.identify_mutated_tensors(kernel, kwargs, tma)
                     # over every call of the kernel
                     writes[kernel.fn.__name__] = sorted(set(writes.get(kernel.fn.__name__, [])) | {
                         n for n in written if isinstance(kwargs.get(n), torch.Tensor)})
@@ -56,6 +65,9 @@ PROBE = textwrap.dedent("""
     # one alpha (the passes start from the row table), with and without a mask
     attention_fwd.attention_forward(q, q, q, mask, True, None, 1.5, None, True, launch=launch)
     attention_fwd.attention_forward(q, q, q, None, True, None, 2.0, None, True, launch=launch)
+    # 16-bit inputs without a mask: the sweep's keys through a descriptor
+    h = q.half()
+    attention_fwd.attention_forward(h, h, h, None, True, None, 1.5, None, True, launch=launch)
     out, tau, row_max, tile_max, u_shift = reference.attention_forward(q, q, q, mask, 0.0, True, None,
                                                                    1.5, head_alpha, None, True)
     for need_alpha_grad in (True, False):  # delta from a pass of its own, then from u_shift

@@ -173,6 +173,39 @@ def test_attention_forward_in_head_groups(oracle, monkeypatch):
     torch.testing.assert_close(grouped[0].double(), expected, rtol=2e-5, atol=2e-5)
 
 
+def test_sweep_key_blocks_through_a_descriptor_where_k_allows(oracle):
+    """The 4-tile sweep (16-bit inputs, no mask) loads its key blocks through a TMA descriptor
+    where k's layout allows it and through pointers where not (a view of a wider tensor, rows of
+    17 elements, 34 bytes apart; a view starting one element in; heads expanded, stride 0): both
+    paths give the oracle's output, keys past Nk included (150 keys: the descriptor's boxes of
+    256 reach past them)."""
+    q, k, v = _qkv(Nq=150, Nk=150, D=16, dtype=torch.float16)
+    wide = torch.randn(1, 1, 150, 17, device=DEV).to(torch.float16)
+    wide[..., :16] = k
+    k_view = wide[..., :16]
+    assert attention_fwd.key_descriptor(k, 256, 16) is not None
+    assert attention_fwd.key_descriptor(k_view, 256, 16) is None
+    assert attention_fwd.key_descriptor(wide[..., 1:], 256, 16) is None
+    assert attention_fwd.key_descriptor(k.expand(1, 2, 150, 16), 256, 16) is None
+    key_tma = []
+
+    def record(kernel):
+        class Record:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    if kernel is attention_fwd.adasplash_attention_max:
+                        key_tma.append(kwargs["KEY_TMA"])
+                    return kernel[grid](*args, **kwargs)
+                return launch
+        return Record()
+
+    expected = oracle.attention(q, k, v, None, True, None, 1.5)
+    for keys in (k, k_view):
+        out = attention_fwd.attention_forward(q, keys, v, None, True, None, 1.5, launch=record)[0]
+        torch.testing.assert_close(out.double(), expected, rtol=2e-3, atol=2e-3)
+    assert key_tma == [True, False]
+
+
 def test_attention_table_start(oracle, monkeypatch):
     """With many candidate tiles per query block, the threshold passes start from the row table's
     tile maxima: a lower bound of tau on every row (no pass run here), above -1 on most; the
@@ -211,7 +244,8 @@ def _sweep_only(kernel):
 def test_threshold_register_cap(dtype, D, mask, alpha, cap, capped):
     """The threshold kernel, and no other, is launched with THRESHOLD_REGISTERS only where that
     was measured to pay and compiles without spilling much: 16-bit inputs, no mask, alpha 1.5 or
-    2, D up to 128, and a caller whose launches pass it on."""
+    2, D up to 128, and a caller whose launches pass it on. The sweep takes its keys through a
+    descriptor for the same inputs and callers, whatever alpha."""
     launched = {}
 
     def record(kernel):
@@ -222,16 +256,19 @@ def test_threshold_register_cap(dtype, D, mask, alpha, cap, capped):
 
     q = torch.randn(1, 2, 256, D).to(dtype)
     attention_fwd.attention_forward(q, q, q, _mask(mask, 1, 2, 256, 256), True, None, alpha,
-                                    launch=record, register_cap=cap)
+                                    launch=record, direct_launch=cap)
     caps = {name.removeprefix("adasplash_attention_"): kwargs.get("maxnreg")
             for name, kwargs in launched.items()}
     assert caps == {"max": None, "out": None,
                     "threshold": attention_fwd.THRESHOLD_REGISTERS if capped else None}
+    assert launched["adasplash_attention_max"]["KEY_TMA"] == (
+        cap and dtype != torch.float32 and mask is None and D <= 128)
 
 
-def test_ops_cap_registers_only_where_wrap_triton_launches(monkeypatch):
-    """The CUDA path asks for the register cap only where ``wrap_triton`` launches the kernels
-    itself (an eager call of the op runs with it off), not where it records them for a graph."""
+def test_ops_launch_directly_only_where_wrap_triton_launches(monkeypatch):
+    """The CUDA path asks for the launch options of direct launches (the register cap, the key
+    descriptor) only where ``wrap_triton`` launches the kernels itself (an eager call of the op
+    runs with it off), not where it records them for a graph."""
     set_wrap_triton_enabled = getattr(pytest.importorskip("torch._library.triton"),
                                       "set_wrap_triton_enabled", None)
     if set_wrap_triton_enabled is None:
@@ -240,7 +277,7 @@ def test_ops_cap_registers_only_where_wrap_triton_launches(monkeypatch):
 
     asked = []
     monkeypatch.setattr(triton_path.attention_fwd, "attention_forward",
-                        lambda *args, register_cap, **kwargs: asked.append(register_cap))
+                        lambda *args, direct_launch, **kwargs: asked.append(direct_launch))
     q = torch.randn(1, 2, 64, 16)
     args = (q, q, q, None, 0.0, True, None, 1.5, None, None, False)
     with set_wrap_triton_enabled(True):

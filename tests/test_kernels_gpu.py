@@ -166,19 +166,20 @@ def test_this_card_takes_the_attention_kernels():
     assert routing.use_triton_attention(q, q, q, None, 0.0, True, None, 1.5, None, None)
 
 
-def test_register_cap_in_eager_calls_only(monkeypatch):
-    """An eager call of the attention op launches the threshold kernel with its register cap;
-    under torch.compile, where Inductor emits launches of its own that take no register cap, the
-    op asks for none, and the compiled call gives the eager call's output."""
+def test_direct_launch_options_in_eager_calls_only(monkeypatch):
+    """An eager call of the attention op launches the threshold kernel with its register cap and
+    the sweep with its key descriptor; under torch.compile, where Inductor emits launches of its
+    own that take neither, the op asks for neither, and the compiled call gives the eager call's
+    output."""
     from kernels import attention_fwd
     from lowering import triton_path
 
     asked = []
     launch_helper = attention_fwd.attention_forward
 
-    def record(*args, register_cap, **kwargs):
-        asked.append(register_cap)
-        return launch_helper(*args, register_cap=register_cap, **kwargs)
+    def record(*args, direct_launch, **kwargs):
+        asked.append(direct_launch)
+        return launch_helper(*args, direct_launch=direct_launch, **kwargs)
 
     monkeypatch.setattr(triton_path.attention_fwd, "attention_forward", record)
     q, k, v = _inputs(1, 2, 2, 1024, 64, torch.bfloat16, 1.0)
