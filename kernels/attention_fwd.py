@@ -48,7 +48,7 @@ import triton.language as tl
 from .entmax_rows import alpha_mode
 from .histogram import BINS, histogram_start, histogram_update
 from .threshold import p_and_u, threshold_terms, threshold_step
-from .tiles import load_tile, mask_scores, score_tile, shifted_scores
+from .tiles import load_tile, score_keys, score_tile, shifted_scores
 
 TILE = 64
 MAX_STEPS = 32
@@ -187,9 +187,8 @@ def _max_block(q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, kb, offs_d, 
     if KEY_TMA:
         # the key block through the tensor memory accelerator (zeros past Nk and D)
         kt = tl.reshape(KDesc.load([b, hk, kb * 64 * T, 0]), (64 * T, q.shape[1]))
-        s = mask_scores(tl.dot(q, tl.trans(kt), input_precision=PRECISION) * scale, Mask,
-                        mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, IS_CAUSAL,
-                        MASK_KIND, BOUNDS)
+        s = score_keys(q, tl.trans(kt), Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq,
+                       Nk, scale, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
     else:
         s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd,
                        stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND, PRECISION,

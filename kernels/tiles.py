@@ -38,6 +38,15 @@ def score_tile(
 ):
     """s = scale q k^T (+ mask) for the keys offs_n, with q (rows x D) already loaded."""
     kt = load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk)
+    return score_keys(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
+                      IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
+
+
+@triton.jit
+def score_keys(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
+               IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, PRECISION: tl.constexpr,
+               BOUNDS: tl.constexpr):
+    """``score_tile`` of a key tile kt (D x keys) already loaded: s = scale q kt (+ mask)."""
     s = tl.dot(q, kt, input_precision=PRECISION) * scale
     return mask_scores(s, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
                        IS_CAUSAL, MASK_KIND, BOUNDS)
