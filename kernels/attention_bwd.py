@@ -149,9 +149,9 @@ def _delta_pass(q, do, K, V, Mask, KList, n_live, k_base, v_base, mask_base, off
     ent = tl.zeros([BLOCK_M], tl.float32)
     for j in range(0, n_live):
         offs_n = tl.load(KList + j) * BLOCK_N + offs_b
-        x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                           stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t,
-                           IS_CAUSAL, MASK_KIND, PRECISION, True)
+        kt = load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk)
+        x = shifted_scores(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                           scale, am1, m, t, IS_CAUSAL, MASK_KIND, PRECISION, True)
         p, u = p_and_u(x, k, ALPHA_MODE)
         vt = load_tile(V + v_base, offs_dv, offs_n, stride_vd, stride_vn, DV, Nk)
         dp = tl.dot(do, vt, input_precision=PRECISION)

@@ -48,7 +48,7 @@ import triton.language as tl
 from .entmax_rows import alpha_mode
 from .histogram import BINS, histogram_start, histogram_update
 from .threshold import p_and_u, threshold_terms, threshold_step
-from .tiles import load_tile, score_keys, score_tile, shifted_scores
+from .tiles import key_tile, load_tile, score_tile, shifted_scores, value_tile
 
 TILE = 64
 MAX_STEPS = 32
@@ -84,7 +84,7 @@ DENSE_KEY_TILES_NARROW = 2
 REF_TILES = tl.constexpr(4)
 # That 4-tile sweep runs in 3 pipeline stages: on an H100 (N = 16k, H = 16, D = 128, alpha = 1.5)
 # it took 1.30-1.34 ms with 2 stages, 1.22-1.25 with 3, at block sparsity 0, 0.90 and 0.96; with
-# its key blocks loaded by the tensor memory accelerator (``key_descriptor``, where k's layout
+# its key blocks loaded by the tensor memory accelerator (``tile_descriptor``, where k's layout
 # allows) 1.12-1.13 against 1.24-1.26 ms (same outputs). It then takes SHARED_MEMORY bytes of
 # shared memory at D = 128 in 16 bits (sm_90; 1 KiB of it since the REF_TILES tiles are scored
 # apart, 1 KiB for the descriptor's loads), the most of any attention kernel here (compiled for
@@ -93,6 +93,20 @@ REF_TILES = tl.constexpr(4)
 # other cards to the reference.
 SHARED_MEMORY = 232448
 SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
+# Input dtypes whose threshold and output passes load key and value tiles through TMA descriptors
+# of k and v (``tile_descriptor``, in eager calls). On an H100 (N = 16k, H = 16, bf16, causal,
+# alpha 1.5; the same code with pointers, same outputs): at D = 128 the threshold kernel took
+# 3.56-3.60 -> 3.50-3.54 ms and the output kernel 2.54-2.56 -> 2.33-2.34 at block sparsity 0,
+# the three kernels 2.17-2.18 -> 2.14-2.15 ms at 0.90; at D = 256 and 64 the forward was
+# 10-17% faster. Compiled for sm_90, float32 passes through descriptors spill far more (the
+# threshold kernel at D = 128 keeps 10.9 KB on the stack instead of 1.9), so float32 loads
+# through pointers.
+PASS_TMA_DTYPES = (torch.float16, torch.bfloat16)
+# Pipeline stages of the threshold kernel where its key tiles come through a descriptor (D up to
+# 128; 2 elsewhere): on the same H100 it took 3.47-3.56 -> 3.38 ms at block sparsity 0 and
+# 0.68-0.69 -> 0.66 ms at 0.90 with 3 (1: 3.71 and 0.69), same outputs, shared memory and
+# registers (compiled for sm_90). The output kernel was no faster with 3 (2.31-2.35 -> 2.31).
+THRESHOLD_TMA_STAGES = 3
 # Registers per thread of the threshold kernel (``maxnreg``) for 16-bit inputs without a mask, D
 # up to 128 and alpha 1.5 or 2: three programs then share an SM, where ptxas, free to take 255,
 # left room for two (the passes are bound by latency). On an H100 (N = 16k, H = 16, D = 128,
@@ -184,15 +198,10 @@ def _max_block(q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, kb, offs_d, 
     the readers take its distance to the final m off (the running max itself, rising after the
     first tiles are coded, would make their entries useless as values of z)."""
     offs_n = kb * 64 * T + tl.arange(0, 64 * T)
-    if KEY_TMA:
-        # the key block through the tensor memory accelerator (zeros past Nk and D)
-        kt = tl.reshape(KDesc.load([b, hk, kb * 64 * T, 0]), (64 * T, q.shape[1]))
-        s = score_keys(q, tl.trans(kt), Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq,
-                       Nk, scale, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
-    else:
-        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd,
-                       stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL, MASK_KIND, PRECISION,
-                       BOUNDS)
+    kt = key_tile(K, KDesc, k_base, b, hk, kb * 64 * T, offs_n, offs_d, stride_kn, stride_kd, Nk,
+                  D, KEY_TMA)
+    s = score_tile(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
+                   IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
     s = tl.reshape(s, (R * 64, T, 64))
     tile_max = tl.max(s, 2)
     s_max = tl.max(tile_max, 1)
@@ -223,7 +232,7 @@ def adasplash_attention_max(
 ):
     """Row max, tile-max tables (per slice, and per row for this launch's heads) and, if
     HISTOGRAM, the histogram start of tau (written to Tau). KEY_TMA: the sweep's key blocks come
-    through KDesc, a descriptor of K in (1, 1, 64 T, BLOCK_D) boxes (``key_descriptor``)."""
+    through KDesc, a descriptor of K in (1, 1, 64 T, BLOCK_D) boxes (``tile_descriptor``)."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
     pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BH0, BLOCK_M, IS_CAUSAL)
@@ -252,8 +261,9 @@ def adasplash_attention_max(
     # m starts at the max over those of the last REF_TILES admissible key tiles that the sweep's
     # first block does not hold, so that r, set after that block, covers them all (REF_TILES)
     for kt in range(tl.maximum(n_kt - REF_TILES, 0), (n_kb - 1) * T):
-        s = score_tile(q, K, Mask, k_base, mask_base, offs_m, kt * 64 + tl.arange(0, 64), offs_d,
-                       stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, IS_CAUSAL,
+        offs_n = kt * 64 + tl.arange(0, 64)
+        s = score_tile(q, load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk), Mask,
+                       mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale, IS_CAUSAL,
                        MASK_KIND, PRECISION, True)
         m = tl.maximum(m, tl.max(s, 1))
     for i in range(0, n_kb - n_free):
@@ -385,35 +395,38 @@ def _fold(c0, c1, c2, c3):
 
 
 @triton.jit
-def _tile_threshold_stats(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                          stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, k,
-                          IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-                          PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr):
-    """Per-entry terms of (count, s1, s2, gap) of one key tile at the trial t (``threshold_terms``),
-    folded (``_fold``)."""
-    x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
-                       MASK_KIND, PRECISION, BOUNDS)
+def _tile_threshold_stats(q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, n0, offs_t, offs_d,
+                          stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t,
+                          k, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+                          PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr,
+                          KEY_TMA: tl.constexpr):
+    """Per-entry terms of (count, s1, s2, gap) of the key tile from n0 at the trial t
+    (``threshold_terms``), folded (``_fold``)."""
+    offs_n = n0 + offs_t
+    kt = key_tile(K, KDesc, k_base, b, hk, n0, offs_n, offs_d, stride_kn, stride_kd, Nk, D, KEY_TMA)
+    x = shifted_scores(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
+                       am1, m, t, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
     c0, c1, c2, c3 = threshold_terms(x, ALPHA_MODE, k)
     return _fold(c0, c1, c2, c3)
 
 
 @triton.jit
 def adasplash_attention_threshold(
-    Q, K, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau, Stats,
+    Q, K, KDesc, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau, Stats,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, BH0, scale, alpha,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, HISTOGRAM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    KEY_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, MAX_STEPS: tl.constexpr, LIST_CHUNK: tl.constexpr,
     STATS: tl.constexpr,
 ):
     """tau per row: threshold passes, each over the tiles that can hold some z > t. First the
     candidates, the tiles with some z > -1 (all that any t >= -1 needs), go to the first half of
-    the program's List and their count to Count; the slice table of the others gets -inf."""
+    the program's List and their count to Count; the slice table of the others gets -inf.
+    KEY_TMA: key tiles through KDesc, a descriptor of K in (1, 1, 64, BLOCK_D) boxes."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
     # Pointers, indices and whatever picks list positions (alpha, the row statistics) are
@@ -497,9 +510,9 @@ def adasplash_attention_threshold(
         for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
             for j in range(n_int if edge else 0, n_live if edge else n_int):
                 c0, c1, c2, c3 = _tile_threshold_stats(
-                    q, K, Mask, k_base, mask_base, offs_m, tl.load(List + j) * 64 + offs_t,
-                    offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1,
-                    m, t, k, IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, edge == 1)
+                    q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, tl.load(List + j) * 64,
+                    offs_t, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
+                    am1, m, t, k, IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, edge == 1, KEY_TMA)
                 count += c0
                 s1 += c1
                 s2 += c2
@@ -522,18 +535,21 @@ def _bit_or(a, b):
 
 
 @triton.jit
-def _tile_output(acc, acc_u, q, K, V, Mask, k_base, v_base, mask_base, offs_m, offs_n, offs_d,
-                 offs_dv, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, Nq, Nk,
-                 D, DV, scale, am1, m, t, k, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-                 PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr,
-                 U_SHIFT: tl.constexpr):
-    """One key tile into acc += p v (and, if U_SHIFT, acc_u += u v); returns acc, acc_u, p, u
-    (u in v's dtype if U_SHIFT)."""
-    x = shifted_scores(q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn,
-                       stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
-                       MASK_KIND, PRECISION, BOUNDS)
+def _tile_output(acc, acc_u, q, K, KDesc, V, VDesc, Mask, k_base, v_base, b, hk, mask_base, offs_m,
+                 n0, offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd,
+                 stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k,
+                 IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, PRECISION: tl.constexpr,
+                 ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr, U_SHIFT: tl.constexpr,
+                 KEY_TMA: tl.constexpr, VALUE_TMA: tl.constexpr):
+    """The key tile from n0 into acc += p v (and, if U_SHIFT, acc_u += u v); returns acc, acc_u,
+    p, u (u in v's dtype if U_SHIFT)."""
+    offs_n = n0 + offs_t
+    kt = key_tile(K, KDesc, k_base, b, hk, n0, offs_n, offs_d, stride_kn, stride_kd, Nk, D, KEY_TMA)
+    x = shifted_scores(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
+                       am1, m, t, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
     p, u = p_and_u(x, k, ALPHA_MODE)
-    v = load_tile(V + v_base, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV)
+    v = value_tile(V, VDesc, v_base, b, hk, n0, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV,
+                   VALUE_TMA)
     acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     if U_SHIFT:
         # u as the product sees it (rounded to v's dtype), so that the normalisation by its sum
@@ -545,8 +561,8 @@ def _tile_output(acc, acc_u, q, K, V, Mask, k_base, v_base, mask_base, offs_m, o
 
 @triton.jit
 def adasplash_attention_out(
-    Q, K, V, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau, Out, UShift,
-    Stats,
+    Q, K, KDesc, V, VDesc, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau,
+    Out, UShift, Stats,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -555,12 +571,13 @@ def adasplash_attention_out(
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, LIST_CHUNK: tl.constexpr,
-    STATS: tl.constexpr, U_SHIFT: tl.constexpr,
+    STATS: tl.constexpr, U_SHIFT: tl.constexpr, KEY_TMA: tl.constexpr, VALUE_TMA: tl.constexpr,
 ):
     """out = sum_j p_j v_j / sum_j p_j over the tiles live for tau and, if U_SHIFT, the backward's
     u_shift = sum_j u_j v_j / sum_j u_j - out, u = p^(2 - alpha). (A kernel of its own: the list
     it builds then depends on loaded values only, which keeps Inductor's analysis of what the
-    kernels write exact.)"""
+    kernels write exact.) KEY_TMA, VALUE_TMA: key and value tiles through KDesc and VDesc,
+    descriptors in (1, 1, 64, BLOCK_D) and (1, 1, 64, BLOCK_DV) boxes."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)
     # Pointers, indices and whatever picks list positions (alpha, the row statistics) are
@@ -619,10 +636,10 @@ def adasplash_attention_out(
     for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
         for j in range(n_int if edge else 0, n_live if edge else n_int):
             acc, acc_u, p, u = _tile_output(
-                acc, acc_u, q, K, V, Mask, k_base, v_base, mask_base, offs_m,
-                tl.load(List + j) * 64 + offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
+                acc, acc_u, q, K, KDesc, V, VDesc, Mask, k_base, v_base, b, hk, mask_base, offs_m,
+                tl.load(List + j) * 64, offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
                 stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL,
-                MASK_KIND, PRECISION, ALPHA_MODE, edge == 1, U_SHIFT)
+                MASK_KIND, PRECISION, ALPHA_MODE, edge == 1, U_SHIFT, KEY_TMA, VALUE_TMA)
             l += tl.sum(p, 1)
             if U_SHIFT:
                 l_u += tl.sum(u.to(tl.float32), 1)
@@ -668,12 +685,12 @@ def mask_4d(attn_mask):
     return m, strides, 1 if m.dtype == torch.bool else 2
 
 
-def key_descriptor(k: torch.Tensor, block_keys: int, block_d: int):
-    """A host-side TMA descriptor of k (B, Hkv, Nk, D) in (1, 1, block_keys, block_d) boxes for a
-    launch of its own (eager: k holds data), or None where this Triton has none, the card
-    predates Hopper's tensor memory accelerator, or the hardware cannot take k as laid out: the
-    last dim not contiguous, another stride zero (expanded) or not a multiple of 16 bytes, or the
-    start not 16-byte aligned (such views of projections exist)."""
+def tile_descriptor(k: torch.Tensor, block_keys: int, block_d: int):
+    """A host-side TMA descriptor of k (B, Hkv, Nk, D), keys or values, in (1, 1, block_keys,
+    block_d) boxes for a launch of its own (eager: k holds data), or None where this Triton has
+    none, the card predates Hopper's tensor memory accelerator, or the hardware cannot take k as
+    laid out: the last dim not contiguous, another stride zero (expanded) or not a multiple of 16
+    bytes, or the start not 16-byte aligned (such views of projections exist)."""
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor
     except ImportError:
@@ -697,8 +714,9 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     """(out, tau, row_max, tile_max, u_shift) as ``lowering.reference.attention_forward`` (no
     dropout); u_shift has 0 elements unless for_backward. direct_launch: Triton's own launcher
     runs the launches (eager calls), not Inductor's: only then does the threshold kernel get
-    THRESHOLD_REGISTERS (``maxnreg``) where that pays, and the sweep its key descriptor
-    (``key_descriptor``; torch keeps no descriptor in a graph it traces outside dynamo).
+    THRESHOLD_REGISTERS (``maxnreg``) where that pays, and the kernels their key and value
+    tiles through descriptors where k and v allow (``tile_descriptor``; torch keeps no descriptor
+    in a graph it traces outside dynamo).
 
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, DV), any strides; head_alpha: None or a
     (Hq,) tensor. With stats=True a sixth output holds, per query block, (threshold passes, live
@@ -748,9 +766,15 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     live_list = torch.empty((heads * n_mb * 2 * n_tn,), dtype=torch.int32, device=q.device)
     n_cand = torch.empty((heads * n_mb,), dtype=torch.int32, device=q.device)
     sweep_tiles = 1 if wide else DENSE_KEY_TILES_NARROW if narrow else DENSE_KEY_TILES
-    # the 4-tile sweep loads its key blocks through a descriptor where k allows (KEY_TMA)
-    k_desc = (key_descriptor(k, 64 * sweep_tiles, block_d)
+    # the 4-tile sweep loads its key blocks, the passes of 16-bit inputs their key and value
+    # tiles, through descriptors where k and v allow (KEY_TMA, VALUE_TMA; PASS_TMA_DTYPES)
+    k_desc = (tile_descriptor(k, 64 * sweep_tiles, block_d)
               if direct_launch and sweep_tiles == DENSE_KEY_TILES else None)
+    pass_tma = direct_launch and q.dtype in PASS_TMA_DTYPES
+    k_tiles = tile_descriptor(k, TILE, block_d) if pass_tma else None
+    v_tiles = tile_descriptor(v, TILE, block_dv) if pass_tma else None
+    threshold_options = (dict(sparse, num_stages=THRESHOLD_TMA_STAGES)
+                         if k_tiles is not None and not wide else sparse)
     for bh0, group in groups:
         launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), group)](
             q, k, k if k_desc is None else k_desc, mask, ha, row_max, tile_max, row_table, row_ref,
@@ -760,15 +784,18 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
             num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2 if narrow else 3,
         )
         launch(adasplash_attention_threshold)[(n_mb, group)](
-            q, k, mask, ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau,
-            stat_buf, *q.stride(), *k.stride(), *ms, Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0,
-            scale, float(alpha), MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, **sparse, **cap,
+            q, k, k if k_tiles is None else k_tiles, mask, ha, row_max, tile_max, row_table,
+            row_ref, live_list, n_cand, tau, stat_buf, *q.stride(), *k.stride(), *ms, Hq,
+            Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale, float(alpha), MAX_STEPS=MAX_STEPS,
+            HISTOGRAM=histogram, KEY_TMA=k_tiles is not None, **threshold_options, **cap,
         )
         launch(adasplash_attention_out)[(n_mb, group)](
-            q, k, v, mask, ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, out,
+            q, k, k if k_tiles is None else k_tiles, v, v if v_tiles is None else v_tiles, mask,
+            ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, out,
             u_shift if for_backward else out, stat_buf,
             *q.stride(), *k.stride(), *v.stride(), *ms,
             Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_DV=block_dv,
-            U_SHIFT=bool(for_backward), **sparse,
+            U_SHIFT=bool(for_backward), KEY_TMA=k_tiles is not None,
+            VALUE_TMA=v_tiles is not None, **sparse,
         )
     return (out, tau, row_max, tile_max, u_shift) + ((stat_buf,) if stats else ())

@@ -31,22 +31,30 @@ def mask_scores(s, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk
 
 
 @triton.jit
-def score_tile(
-    q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd, stride_mm,
-    stride_mn, Nq, Nk, D, scale, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-    PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
-):
-    """s = scale q k^T (+ mask) for the keys offs_n, with q (rows x D) already loaded."""
-    kt = load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk)
-    return score_keys(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
-                      IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
+def key_tile(K, KDesc, k_base, b, hk, n0, offs_n, offs_d, stride_kn, stride_kd, Nk, D,
+             KEY_TMA: tl.constexpr):
+    """The keys offs_n = n0, n0 + 1, ... of head (b, hk) as a (D x keys) tile, zero past Nk and
+    D: through KDesc, a TMA descriptor of K in (1, 1, keys, BLOCK_D) boxes, if KEY_TMA, else by
+    pointers from K + k_base."""
+    if KEY_TMA:
+        return tl.trans(tl.reshape(KDesc.load([b, hk, n0, 0]), (offs_n.shape[0], offs_d.shape[0])))
+    return load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk)
 
 
 @triton.jit
-def score_keys(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
+def value_tile(V, VDesc, v_base, b, hk, n0, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV,
+               VALUE_TMA: tl.constexpr):
+    """The values offs_n = n0, n0 + 1, ... as a (keys x DV) tile, as ``key_tile``."""
+    if VALUE_TMA:
+        return tl.reshape(VDesc.load([b, hk, n0, 0]), (offs_n.shape[0], offs_dv.shape[0]))
+    return load_tile(V + v_base, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV)
+
+
+@triton.jit
+def score_tile(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
                IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, PRECISION: tl.constexpr,
                BOUNDS: tl.constexpr):
-    """``score_tile`` of a key tile kt (D x keys) already loaded: s = scale q kt (+ mask)."""
+    """s = scale q kt (+ mask) for the keys offs_n, with q (rows x D) and kt (D x keys) loaded."""
     s = tl.dot(q, kt, input_precision=PRECISION) * scale
     return mask_scores(s, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
                        IS_CAUSAL, MASK_KIND, BOUNDS)
@@ -73,13 +81,10 @@ def shift_scores(qk, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, 
 
 
 @triton.jit
-def shifted_scores(
-    q, K, Mask, k_base, mask_base, offs_m, offs_n, offs_d, stride_kn, stride_kd, stride_mm,
-    stride_mn, Nq, Nk, D, scale, mult, m, t, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
-    PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
-):
-    """``shift_scores`` of q and the keys offs_n, with q (rows x D) already loaded."""
-    kt = load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk)
+def shifted_scores(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
+                   mult, m, t, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+                   PRECISION: tl.constexpr, BOUNDS: tl.constexpr):
+    """``shift_scores`` of q (rows x D) and the key tile kt (D x keys) loaded."""
     return shift_scores(tl.dot(q, kt, input_precision=PRECISION), Mask, mask_base, offs_m, offs_n,
                         stride_mm, stride_mn, Nq, Nk, scale, mult, m, t, IS_CAUSAL, MASK_KIND,
                         BOUNDS)

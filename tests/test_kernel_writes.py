@@ -61,13 +61,19 @@ PROBE = textwrap.dedent("""
     q = torch.randn(1, 2, 256, 64)
     mask = torch.rand(1, 1, 256, 256) > 0.5
     head_alpha = torch.tensor([1.5, 1.6])
-    attention_fwd.attention_forward(q, q, q, mask, True, None, 1.5, head_alpha, True, launch=launch)
-    # one alpha (the passes start from the row table), with and without a mask
-    attention_fwd.attention_forward(q, q, q, mask, True, None, 1.5, None, True, launch=launch)
-    attention_fwd.attention_forward(q, q, q, None, True, None, 2.0, None, True, launch=launch)
-    # 16-bit inputs without a mask: the sweep's keys through a descriptor
-    h = q.half()
-    attention_fwd.attention_forward(h, h, h, None, True, None, 1.5, None, True, launch=launch)
+    # launches as torch.compile has them (no descriptor), then direct ones (descriptors)
+    for direct in (False, True):
+        attention_fwd.attention_forward(q, q, q, mask, True, None, 1.5, head_alpha, True,
+                                        launch=launch, direct_launch=direct)
+        # one alpha (the passes start from the row table), with and without a mask
+        attention_fwd.attention_forward(q, q, q, mask, True, None, 1.5, None, True, launch=launch,
+                                        direct_launch=direct)
+        attention_fwd.attention_forward(q, q, q, None, True, None, 2.0, None, True, launch=launch,
+                                        direct_launch=direct)
+        # 16-bit inputs without a mask: the 4-tile sweep (its keys through a descriptor if direct)
+        h = q.half()
+        attention_fwd.attention_forward(h, h, h, None, True, None, 1.5, None, True, launch=launch,
+                                        direct_launch=direct)
     out, tau, row_max, tile_max, u_shift = reference.attention_forward(q, q, q, mask, 0.0, True, None,
                                                                    1.5, head_alpha, None, True)
     for need_alpha_grad in (True, False):  # delta from a pass of its own, then from u_shift

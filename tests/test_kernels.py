@@ -173,37 +173,60 @@ def test_attention_forward_in_head_groups(oracle, monkeypatch):
     torch.testing.assert_close(grouped[0].double(), expected, rtol=2e-5, atol=2e-5)
 
 
-def test_sweep_key_blocks_through_a_descriptor_where_k_allows(oracle):
-    """The 4-tile sweep (16-bit inputs, no mask) loads its key blocks through a TMA descriptor
-    where k's layout allows it and through pointers where not (a view of a wider tensor, rows of
-    17 elements, 34 bytes apart; a view starting one element in; heads expanded, stride 0): both
-    paths give the oracle's output, keys past Nk included (150 keys: the descriptor's boxes of
-    256 reach past them)."""
-    q, k, v = _qkv(Nq=150, Nk=150, D=16, dtype=torch.float16)
-    wide = torch.randn(1, 1, 150, 17, device=DEV).to(torch.float16)
-    wide[..., :16] = k
-    k_view = wide[..., :16]
-    assert attention_fwd.key_descriptor(k, 256, 16) is not None
-    assert attention_fwd.key_descriptor(k_view, 256, 16) is None
-    assert attention_fwd.key_descriptor(wide[..., 1:], 256, 16) is None
-    assert attention_fwd.key_descriptor(k.expand(1, 2, 150, 16), 256, 16) is None
-    key_tma = []
+def _wide_view(x):
+    """x as a view of a tensor with one more element per row, a layout the tensor memory
+    accelerator cannot take (rows D + 1 elements apart: strides must be multiples of 16 bytes)."""
+    wide = torch.randn(*x.shape[:-1], x.shape[-1] + 1, device=x.device).to(x.dtype)
+    wide[..., :-1] = x
+    return wide[..., :-1]
+
+
+@pytest.mark.parametrize("D, mask, dtype", [(16, None, torch.float16), (24, None, torch.float16),
+                                            (16, "bool", torch.float16),
+                                            (16, None, torch.float32)])
+def test_key_and_value_tiles_through_descriptors_where_k_and_v_allow(oracle, D, mask, dtype):
+    """In direct launches the kernels load key and value tiles of 16-bit inputs through TMA
+    descriptors where k and v allow it (the sweep: its key blocks in the 4-tile sweep only, no
+    mask), and through pointers where not (a view of a wider tensor; a view starting one element
+    in; heads expanded, stride 0), for float32 inputs and in launches as Inductor has them. Every
+    mix gives the oracle's output, keys past Nk (150 keys: the boxes of 64 and 256 reach past
+    them) and head dims past D (24 of a box of 32) included, and the same output, bit for bit, as
+    pointers alone."""
+    q, k, v = _qkv(Nq=150, Nk=150, D=D, DV=D, dtype=dtype)
+    assert attention_fwd.tile_descriptor(k, 256, 16) is not None
+    assert attention_fwd.tile_descriptor(_wide_view(k), 256, 16) is None
+    assert attention_fwd.tile_descriptor(torch.randn(1, 1, 150, 17, device=DEV)[..., 1:], 256,
+                                         16) is None
+    assert attention_fwd.tile_descriptor(k.expand(1, 2, 150, D), 256, 16) is None
+    flags = []
 
     def record(kernel):
         class Record:
             def __getitem__(self, grid):
                 def launch(*args, **kwargs):
-                    if kernel is attention_fwd.adasplash_attention_max:
-                        key_tma.append(kwargs["KEY_TMA"])
+                    flags.append((kwargs["KEY_TMA"], kwargs.get("VALUE_TMA")))
                     return kernel[grid](*args, **kwargs)
                 return launch
         return Record()
 
-    expected = oracle.attention(q, k, v, None, True, None, 1.5)
-    for keys in (k, k_view):
-        out = attention_fwd.attention_forward(q, keys, v, None, True, None, 1.5, launch=record)[0]
-        torch.testing.assert_close(out.double(), expected, rtol=2e-3, atol=2e-3)
-    assert key_tma == [True, False]
+    attn_mask = _mask(mask, 1, 2, 150, 150)
+    expected = oracle.attention(q, k, v, attn_mask, True, None, 1.5)
+    sweep_tma = dtype != torch.float32 and mask is None
+    pass_tma = dtype != torch.float32
+    for keys, values, key_tma, value_tma in ((k, v, True, True), (_wide_view(k), v, False, True),
+                                             (k, _wide_view(v), True, False)):
+        flags.clear()
+        out = attention_fwd.attention_forward(q, keys, values, attn_mask, True, None, 1.5,
+                                              launch=record)[0]
+        assert flags == [(key_tma and sweep_tma, None), (key_tma and pass_tma, None),
+                         (key_tma and pass_tma, value_tma and pass_tma)]
+        tol = 1e-5 if dtype == torch.float32 else 2e-3
+        torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+        flags.clear()
+        pointers = attention_fwd.attention_forward(q, keys, values, attn_mask, True, None, 1.5,
+                                                   launch=record, direct_launch=False)[0]
+        assert flags == [(False, None), (False, None), (False, False)]
+        assert torch.equal(out, pointers)
 
 
 def test_attention_table_start(oracle, monkeypatch):
@@ -245,7 +268,9 @@ def test_threshold_register_cap(dtype, D, mask, alpha, cap, capped):
     """The threshold kernel, and no other, is launched with THRESHOLD_REGISTERS only where that
     was measured to pay and compiles without spilling much: 16-bit inputs, no mask, alpha 1.5 or
     2, D up to 128, and a caller whose launches pass it on. The sweep takes its keys through a
-    descriptor for the same inputs and callers, whatever alpha."""
+    descriptor for the same inputs and callers, whatever alpha; the passes their key and value
+    tiles for the 16-bit inputs of such callers (the threshold kernel then in
+    THRESHOLD_TMA_STAGES pipeline stages, D up to 128)."""
     launched = {}
 
     def record(kernel):
@@ -263,6 +288,12 @@ def test_threshold_register_cap(dtype, D, mask, alpha, cap, capped):
                     "threshold": attention_fwd.THRESHOLD_REGISTERS if capped else None}
     assert launched["adasplash_attention_max"]["KEY_TMA"] == (
         cap and dtype != torch.float32 and mask is None and D <= 128)
+    pass_tma = cap and dtype != torch.float32
+    assert launched["adasplash_attention_threshold"]["KEY_TMA"] == pass_tma
+    assert launched["adasplash_attention_out"]["KEY_TMA"] == pass_tma
+    assert launched["adasplash_attention_out"]["VALUE_TMA"] == pass_tma
+    stages = attention_fwd.THRESHOLD_TMA_STAGES if pass_tma and D <= 128 else 2 if D <= 128 else 1
+    assert launched["adasplash_attention_threshold"]["num_stages"] == stages
 
 
 def test_ops_launch_directly_only_where_wrap_triton_launches(monkeypatch):

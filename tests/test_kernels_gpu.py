@@ -168,9 +168,9 @@ def test_this_card_takes_the_attention_kernels():
 
 def test_direct_launch_options_in_eager_calls_only(monkeypatch):
     """An eager call of the attention op launches the threshold kernel with its register cap and
-    the sweep with its key descriptor; under torch.compile, where Inductor emits launches of its
-    own that take neither, the op asks for neither, and the compiled call gives the eager call's
-    output."""
+    the kernels with their key and value descriptors; under torch.compile, where Inductor emits
+    launches of its own that take neither, the op asks for neither (pointers alone), and the
+    compiled call gives the eager call's output."""
     from kernels import attention_fwd
     from lowering import triton_path
 
