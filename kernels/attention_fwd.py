@@ -104,8 +104,9 @@ SPARSE_BLOCK_M = 64  # measured faster than 128 (tighter live-tile lists)
 PASS_TMA_DTYPES = (torch.float16, torch.bfloat16)
 # Pipeline stages of the threshold kernel where its key tiles come through a descriptor (D up to
 # 128; 2 elsewhere): on the same H100 it took 3.47-3.56 -> 3.38 ms at block sparsity 0 and
-# 0.68-0.69 -> 0.66 ms at 0.90 with 3 (1: 3.71 and 0.69), same outputs, shared memory and
-# registers (compiled for sm_90). The output kernel was no faster with 3 (2.31-2.35 -> 2.31).
+# 0.68-0.69 -> 0.66 ms at 0.90 with 3 (1: 3.71 and 0.69), and in a second run 3.50 -> 3.34 and
+# 0.68 -> 0.66-0.67; same outputs, shared memory and registers (compiled for sm_90). The output
+# kernel was no faster with 3 (2.31-2.35 -> 2.31).
 THRESHOLD_TMA_STAGES = 3
 # Registers per thread of the threshold kernel (``maxnreg``) for 16-bit inputs without a mask, D
 # up to 128 and alpha 1.5 or 2: three programs then share an SM, where ptxas, free to take 255,
