@@ -686,23 +686,23 @@ def mask_4d(attn_mask):
     return m, strides, 1 if m.dtype == torch.bool else 2
 
 
-def tile_descriptor(k: torch.Tensor, block_keys: int, block_d: int):
-    """A host-side TMA descriptor of k (B, Hkv, Nk, D), keys or values, in (1, 1, block_keys,
-    block_d) boxes for a launch of its own (eager: k holds data), or None where this Triton has
-    none, the card predates Hopper's tensor memory accelerator, or the hardware cannot take k as
+def tile_descriptor(x: torch.Tensor, block_rows: int, block_cols: int):
+    """A host-side TMA descriptor of x (B, Hkv, N, C), keys or values, in (1, 1, block_rows,
+    block_cols) boxes for a launch of its own (eager: x holds data), or None where this Triton has
+    none, the card predates Hopper's tensor memory accelerator, or the hardware cannot take x as
     laid out: the last dim not contiguous, another stride zero (expanded) or not a multiple of 16
     bytes, or the start not 16-byte aligned (such views of projections exist)."""
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor
     except ImportError:
         return None
-    if k.device.type == "cuda" and torch.cuda.get_device_capability(k.device)[0] < 9:
+    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] < 9:
         return None
-    item = k.element_size()
-    if (k.stride(-1) != 1 or k.data_ptr() % 16
-            or any(s <= 0 or s * item % 16 for s in k.stride()[:-1])):
+    item = x.element_size()
+    if (x.stride(-1) != 1 or x.data_ptr() % 16
+            or any(s <= 0 or s * item % 16 for s in x.stride()[:-1])):
         return None
-    return TensorDescriptor.from_tensor(k, [1, 1, block_keys, block_d])
+    return TensorDescriptor.from_tensor(x, [1, 1, block_rows, block_cols])
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -767,13 +767,14 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     live_list = torch.empty((heads * n_mb * 2 * n_tn,), dtype=torch.int32, device=q.device)
     n_cand = torch.empty((heads * n_mb,), dtype=torch.int32, device=q.device)
     sweep_tiles = 1 if wide else DENSE_KEY_TILES_NARROW if narrow else DENSE_KEY_TILES
-    # the 4-tile sweep loads its key blocks, the passes of 16-bit inputs their key and value
-    # tiles, through descriptors where k and v allow (KEY_TMA, VALUE_TMA; PASS_TMA_DTYPES)
-    k_desc = (tile_descriptor(k, 64 * sweep_tiles, block_d)
-              if direct_launch and sweep_tiles == DENSE_KEY_TILES else None)
+    # the passes of 16-bit inputs load their key and value tiles, and the 4-tile sweep (16-bit
+    # inputs, no mask) its key blocks, through descriptors where k and v allow (KEY_TMA,
+    # VALUE_TMA; PASS_TMA_DTYPES)
     pass_tma = direct_launch and q.dtype in PASS_TMA_DTYPES
     k_tiles = tile_descriptor(k, TILE, block_d) if pass_tma else None
     v_tiles = tile_descriptor(v, TILE, block_dv) if pass_tma else None
+    k_desc = (tile_descriptor(k, 64 * sweep_tiles, block_d)
+              if k_tiles is not None and sweep_tiles == DENSE_KEY_TILES else None)
     threshold_options = (dict(sparse, num_stages=THRESHOLD_TMA_STAGES)
                          if k_tiles is not None and not wide else sparse)
     for bh0, group in groups:
