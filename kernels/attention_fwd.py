@@ -48,7 +48,7 @@ import triton.language as tl
 from .entmax_rows import alpha_mode
 from .histogram import BINS, histogram_start, histogram_update
 from .threshold import p_and_u, threshold_terms, threshold_step
-from .tiles import key_tile, load_tile, score_tile, shifted_scores, value_tile
+from .tiles import key_tile, load_tile, mask_tile, score_tile, shifted_scores, value_tile
 
 TILE = 64
 MAX_STEPS = 32
@@ -147,6 +147,13 @@ def _program_coords(Hq, G, Nq, Nk, BH0, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.con
 
 
 @triton.jit
+def _mask_coords(b, h, stride_mb, stride_mh):
+    """The batch and head coordinates of the mask descriptor's boxes: 0 on dims the mask
+    broadcasts (stride 0)."""
+    return tl.where(stride_mb != 0, b, 0), tl.where(stride_mh != 0, h, 0)
+
+
+@triton.jit
 def _interior_tiles(pid_m, Nq, Nk, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexpr):
     """How many key tiles from 0 need no range or causal check for this query block: every key
     in range and, if causal, before the block's first row; none for the last block (padded rows)."""
@@ -186,11 +193,12 @@ def _row_code(rel, am1):
 
 
 @triton.jit
-def _max_block(q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, kb, offs_d, stride_kn,
-               stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c,
-               tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL: tl.constexpr,
-               MASK_KIND: tl.constexpr, PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
-               HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr, R: tl.constexpr, T: tl.constexpr):
+def _max_block(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, offs_m, kb, offs_d,
+               stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi,
+               top, c, tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL: tl.constexpr,
+               MASK_KIND: tl.constexpr, MASK_TMA: tl.constexpr, PRECISION: tl.constexpr,
+               BOUNDS: tl.constexpr, HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr,
+               R: tl.constexpr, T: tl.constexpr):
     """One block of T key tiles of the dense sweep: updates the row max m, the reference r and,
     if HISTOGRAM, the counts (lo, hi, top) of ``histogram_update``, and writes the max over each
     tile of s - m per 64-row slice (>= its value for the final m) and of s - r per row, coded
@@ -201,8 +209,9 @@ def _max_block(q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, kb, offs_d, 
     offs_n = kb * 64 * T + tl.arange(0, 64 * T)
     kt = key_tile(K, KDesc, k_base, b, hk, kb * 64 * T, offs_n, offs_d, stride_kn, stride_kd, Nk,
                   D, KEY_TMA)
-    s = score_tile(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
-                   IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
+    mt = mask_tile(Mask, MDesc, mask_base, mb, mh, m0, kb * 64 * T, offs_m, offs_n, stride_mm,
+                   stride_mn, Nq, Nk, MASK_KIND, MASK_TMA)
+    s = score_tile(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
     s = tl.reshape(s, (R * 64, T, 64))
     tile_max = tl.max(s, 2)
     s_max = tl.max(tile_max, 1)
@@ -222,18 +231,20 @@ def _max_block(q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, kb, offs_d, 
 
 @triton.jit
 def adasplash_attention_max(
-    Q, K, KDesc, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, Tau,
+    Q, K, KDesc, Mask, MDesc, HeadAlpha, RowMax, TileMax, RowTable, RowRef, Tau,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, BH0, scale, alpha,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
-    HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, HISTOGRAM: tl.constexpr,
-    KEY_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_TMA: tl.constexpr,
+    ALPHA_MODE: tl.constexpr, HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr,
+    HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    T: tl.constexpr,
 ):
     """Row max, tile-max tables (per slice, and per row for this launch's heads) and, if
     HISTOGRAM, the histogram start of tau (written to Tau). KEY_TMA: the sweep's key blocks come
-    through KDesc, a descriptor of K in (1, 1, 64 T, BLOCK_D) boxes (``tile_descriptor``)."""
+    through KDesc, a descriptor of K in (1, 1, 64 T, BLOCK_D) boxes (``tile_descriptor``);
+    MASK_TMA: the mask's blocks through MDesc (``mask_tile``, ``mask_descriptor``)."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
     pid_m, bh, b, h, hk, n_kt = _program_coords(Hq, G, Nq, Nk, BH0, BLOCK_M, IS_CAUSAL)
@@ -246,6 +257,7 @@ def adasplash_attention_max(
     q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm, stride_qd, Nq, D)
     k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
     mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
+    mb, mh = _mask_coords(b, h, stride_mb, stride_mh)
     slices = pid_m * R + tl.arange(0, R)
     tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
     rt_base = RowTable + tl.program_id(1).to(tl.int64) * n_tiles_n * Nq
@@ -263,22 +275,23 @@ def adasplash_attention_max(
     # first block does not hold, so that r, set after that block, covers them all (REF_TILES)
     for kt in range(tl.maximum(n_kt - REF_TILES, 0), (n_kb - 1) * T):
         offs_n = kt * 64 + tl.arange(0, 64)
-        s = score_tile(q, load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk), Mask,
-                       mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale, IS_CAUSAL,
-                       MASK_KIND, PRECISION, True)
+        mt = mask_tile(Mask, MDesc, mask_base, mb, mh, 0, 0, offs_m, offs_n, stride_mm, stride_mn,
+                       Nq, Nk, MASK_KIND, 0)  # (a tile apart: pointers)
+        s = score_tile(q, load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk), mt,
+                       offs_m, offs_n, Nq, Nk, scale, IS_CAUSAL, MASK_KIND, PRECISION, True)
         m = tl.maximum(m, tl.max(s, 1))
     for i in range(0, n_kb - n_free):
         m, ref, lo, hi, top = _max_block(
-            q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, n_kb - 1 - i, offs_d, stride_kn,
-            stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c,
-            tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, True,
-            HISTOGRAM, KEY_TMA, R, T)
+            q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, pid_m * BLOCK_M, offs_m,
+            n_kb - 1 - i, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1,
+            m, ref, lo, hi, top, c, tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL,
+            MASK_KIND, MASK_TMA, PRECISION, True, HISTOGRAM, KEY_TMA, R, T)
     for i in range(0, n_free):
         m, ref, lo, hi, top = _max_block(
-            q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, n_free - 1 - i, offs_d, stride_kn,
-            stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi, top, c,
-            tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL, MASK_KIND, PRECISION, False,
-            HISTOGRAM, KEY_TMA, R, T)
+            q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, pid_m * BLOCK_M, offs_m,
+            n_free - 1 - i, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
+            am1, m, ref, lo, hi, top, c, tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL,
+            MASK_KIND, MASK_TMA, PRECISION, False, HISTOGRAM, KEY_TMA, R, T)
     rows = bh.to(tl.int64) * Nq + offs_m
     tl.store(RowMax + rows, m, mask=offs_m < Nq)
     tl.store(RowRef + tl.program_id(1).to(tl.int64) * Nq + offs_m, ref, mask=offs_m < Nq)
@@ -396,29 +409,33 @@ def _fold(c0, c1, c2, c3):
 
 
 @triton.jit
-def _tile_threshold_stats(q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, n0, offs_t, offs_d,
-                          stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t,
-                          k, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+def _tile_threshold_stats(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, offs_m,
+                          n0, offs_t, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D,
+                          scale, am1, m, t, k, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+                          MASK_TMA: tl.constexpr,
                           PRECISION: tl.constexpr, ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr,
                           KEY_TMA: tl.constexpr):
     """Per-entry terms of (count, s1, s2, gap) of the key tile from n0 at the trial t
     (``threshold_terms``), folded (``_fold``)."""
     offs_n = n0 + offs_t
     kt = key_tile(K, KDesc, k_base, b, hk, n0, offs_n, offs_d, stride_kn, stride_kd, Nk, D, KEY_TMA)
-    x = shifted_scores(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
-                       am1, m, t, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
+    mt = mask_tile(Mask, MDesc, mask_base, mb, mh, m0, n0, offs_m, offs_n, stride_mm, stride_mn, Nq,
+                   Nk, MASK_KIND, MASK_TMA)
+    x = shifted_scores(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, am1, m, t, IS_CAUSAL, MASK_KIND,
+                       PRECISION, BOUNDS)
     c0, c1, c2, c3 = threshold_terms(x, ALPHA_MODE, k)
     return _fold(c0, c1, c2, c3)
 
 
 @triton.jit
 def adasplash_attention_threshold(
-    Q, K, KDesc, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau, Stats,
+    Q, K, KDesc, Mask, MDesc, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau, Stats,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, BH0, scale, alpha,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_TMA: tl.constexpr,
+    ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, HISTOGRAM: tl.constexpr,
     KEY_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, MAX_STEPS: tl.constexpr, LIST_CHUNK: tl.constexpr,
@@ -427,7 +444,8 @@ def adasplash_attention_threshold(
     """tau per row: threshold passes, each over the tiles that can hold some z > t. First the
     candidates, the tiles with some z > -1 (all that any t >= -1 needs), go to the first half of
     the program's List and their count to Count; the slice table of the others gets -inf.
-    KEY_TMA: key tiles through KDesc, a descriptor of K in (1, 1, 64, BLOCK_D) boxes."""
+    KEY_TMA: key tiles through KDesc, a descriptor of K in (1, 1, 64, BLOCK_D) boxes; MASK_TMA:
+    mask tiles through MDesc (``mask_tile``)."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)  # callers may pass float64 scalars (Inductor does)
     # Pointers, indices and whatever picks list positions (alpha, the row statistics) are
@@ -461,6 +479,7 @@ def adasplash_attention_threshold(
     offs_t = tl.arange(0, 64)
     k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
     mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
+    mb, mh = _mask_coords(b, h, stride_mb, stride_mh)
     empty = m == float("-inf")
     m = tl.where(empty, 0.0, m)
     n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
@@ -511,9 +530,10 @@ def adasplash_attention_threshold(
         for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
             for j in range(n_int if edge else 0, n_live if edge else n_int):
                 c0, c1, c2, c3 = _tile_threshold_stats(
-                    q, K, KDesc, Mask, k_base, b, hk, mask_base, offs_m, tl.load(List + j) * 64,
-                    offs_t, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
-                    am1, m, t, k, IS_CAUSAL, MASK_KIND, PRECISION, ALPHA_MODE, edge == 1, KEY_TMA)
+                    q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, pid_m * BLOCK_M,
+                    offs_m, tl.load(List + j) * 64, offs_t, offs_d, stride_kn, stride_kd, stride_mm,
+                    stride_mn, Nq, Nk, D, scale, am1, m, t, k, IS_CAUSAL, MASK_KIND, MASK_TMA,
+                    PRECISION, ALPHA_MODE, edge == 1, KEY_TMA)
                 count += c0
                 s1 += c1
                 s2 += c2
@@ -536,18 +556,21 @@ def _bit_or(a, b):
 
 
 @triton.jit
-def _tile_output(acc, acc_u, q, K, KDesc, V, VDesc, Mask, k_base, v_base, b, hk, mask_base, offs_m,
-                 n0, offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn, stride_vd,
-                 stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k,
-                 IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, PRECISION: tl.constexpr,
+def _tile_output(acc, acc_u, q, K, KDesc, V, VDesc, Mask, MDesc, k_base, v_base, b, hk, mask_base,
+                 mb, mh, m0, offs_m, n0, offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
+                 stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k,
+                 IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_TMA: tl.constexpr,
+                 PRECISION: tl.constexpr,
                  ALPHA_MODE: tl.constexpr, BOUNDS: tl.constexpr, U_SHIFT: tl.constexpr,
                  KEY_TMA: tl.constexpr, VALUE_TMA: tl.constexpr):
     """The key tile from n0 into acc += p v (and, if U_SHIFT, acc_u += u v); returns acc, acc_u,
     p, u (u in v's dtype if U_SHIFT)."""
     offs_n = n0 + offs_t
     kt = key_tile(K, KDesc, k_base, b, hk, n0, offs_n, offs_d, stride_kn, stride_kd, Nk, D, KEY_TMA)
-    x = shifted_scores(q, kt, Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk, scale,
-                       am1, m, t, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
+    mt = mask_tile(Mask, MDesc, mask_base, mb, mh, m0, n0, offs_m, offs_n, stride_mm, stride_mn, Nq,
+                   Nk, MASK_KIND, MASK_TMA)
+    x = shifted_scores(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, am1, m, t, IS_CAUSAL, MASK_KIND,
+                       PRECISION, BOUNDS)
     p, u = p_and_u(x, k, ALPHA_MODE)
     v = value_tile(V, VDesc, v_base, b, hk, n0, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV,
                    VALUE_TMA)
@@ -562,14 +585,15 @@ def _tile_output(acc, acc_u, q, K, KDesc, V, VDesc, Mask, k_base, v_base, b, hk,
 
 @triton.jit
 def adasplash_attention_out(
-    Q, K, KDesc, V, VDesc, Mask, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau,
-    Out, UShift, Stats,
+    Q, K, KDesc, V, VDesc, Mask, MDesc, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count,
+    Tau, Out, UShift, Stats,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     Hq, G, Nq, Nk, D, DV, n_tiles_m, n_tiles_n, BH0, scale, alpha,
-    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, ALPHA_MODE: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_TMA: tl.constexpr,
+    ALPHA_MODE: tl.constexpr,
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, LIST_CHUNK: tl.constexpr,
     STATS: tl.constexpr, U_SHIFT: tl.constexpr, KEY_TMA: tl.constexpr, VALUE_TMA: tl.constexpr,
@@ -578,7 +602,8 @@ def adasplash_attention_out(
     u_shift = sum_j u_j v_j / sum_j u_j - out, u = p^(2 - alpha). (A kernel of its own: the list
     it builds then depends on loaded values only, which keeps Inductor's analysis of what the
     kernels write exact.) KEY_TMA, VALUE_TMA: key and value tiles through KDesc and VDesc,
-    descriptors in (1, 1, 64, BLOCK_D) and (1, 1, 64, BLOCK_DV) boxes."""
+    descriptors in (1, 1, 64, BLOCK_D) and (1, 1, 64, BLOCK_DV) boxes; MASK_TMA: mask tiles
+    through MDesc (``mask_tile``)."""
     R: tl.constexpr = BLOCK_M // 64
     scale = tl.cast(scale, tl.float32)
     # Pointers, indices and whatever picks list positions (alpha, the row statistics) are
@@ -613,6 +638,7 @@ def adasplash_attention_out(
     k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
     v_base = b.to(tl.int64) * stride_vb + hk * stride_vh
     mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
+    mb, mh = _mask_coords(b, h, stride_mb, stride_mh)
     m = tl.where(m == float("-inf"), 0.0, m)
     t = tl.load(Tau + rows, mask=offs_m < Nq, other=float("inf"))
 
@@ -637,10 +663,11 @@ def adasplash_attention_out(
     for edge in tl.static_range(2):  # the interior tiles, then the edge ones with checks
         for j in range(n_int if edge else 0, n_live if edge else n_int):
             acc, acc_u, p, u = _tile_output(
-                acc, acc_u, q, K, KDesc, V, VDesc, Mask, k_base, v_base, b, hk, mask_base, offs_m,
-                tl.load(List + j) * 64, offs_t, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
-                stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV, scale, am1, m, t, k, IS_CAUSAL,
-                MASK_KIND, PRECISION, ALPHA_MODE, edge == 1, U_SHIFT, KEY_TMA, VALUE_TMA)
+                acc, acc_u, q, K, KDesc, V, VDesc, Mask, MDesc, k_base, v_base, b, hk, mask_base, mb,
+                mh, pid_m * BLOCK_M, offs_m, tl.load(List + j) * 64, offs_t, offs_d, offs_dv,
+                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV,
+                scale, am1, m, t, k, IS_CAUSAL, MASK_KIND, MASK_TMA, PRECISION, ALPHA_MODE,
+                edge == 1, U_SHIFT, KEY_TMA, VALUE_TMA)
             l += tl.sum(p, 1)
             if U_SHIFT:
                 l_u += tl.sum(u.to(tl.float32), 1)
@@ -686,23 +713,51 @@ def mask_4d(attn_mask):
     return m, strides, 1 if m.dtype == torch.bool else 2
 
 
+def _descriptor_class():
+    """Triton's host-side TensorDescriptor, or None where this Triton has none."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None
+    return TensorDescriptor
+
+
+def _before_hopper(x: torch.Tensor) -> bool:
+    """Whether x lives on a card without Hopper's tensor memory accelerator."""
+    return x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] < 9
+
+
 def tile_descriptor(x: torch.Tensor, block_rows: int, block_cols: int):
     """A host-side TMA descriptor of x (B, Hkv, N, C), keys or values, in (1, 1, block_rows,
     block_cols) boxes for a launch of its own (eager: x holds data), or None where this Triton has
     none, the card predates Hopper's tensor memory accelerator, or the hardware cannot take x as
     laid out: the last dim not contiguous, another stride zero (expanded) or not a multiple of 16
     bytes, or the start not 16-byte aligned (such views of projections exist)."""
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-    except ImportError:
-        return None
-    if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] < 9:
-        return None
+    descriptor = _descriptor_class()
     item = x.element_size()
-    if (x.stride(-1) != 1 or x.data_ptr() % 16
+    if (descriptor is None or _before_hopper(x) or x.stride(-1) != 1 or x.data_ptr() % 16
             or any(s <= 0 or s * item % 16 for s in x.stride()[:-1])):
         return None
-    return TensorDescriptor.from_tensor(x, [1, 1, block_rows, block_cols])
+    return descriptor.from_tensor(x, [1, 1, block_rows, block_cols])
+
+
+def mask_descriptor(mask: torch.Tensor, strides, block_rows: int, block_cols: int):
+    """(descriptor, MASK_TMA) of a 4-D mask (``mask_4d``; a bool mask read as uint8) in (1, 1,
+    block_rows, block_cols) boxes, or (1, 1, 1, block_cols) of its one query row where the queries
+    broadcast (MASK_TMA 2, else 1); dims with stride 0 count as one (their coordinate is 0). (None,
+    0) where pointers must do: no descriptors in this Triton or before Hopper, the keys not
+    contiguous, or a stride or the start not 16-byte aligned."""
+    descriptor = _descriptor_class()
+    base = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+    item = base.element_size()
+    if (descriptor is None or _before_hopper(mask) or strides[3] != 1 or base.data_ptr() % 16
+            or any(s * item % 16 for s in strides[:3])):
+        return None, 0
+    shape = [base.shape[i] if strides[i] else 1 for i in range(3)] + [base.shape[3]]
+    rows = block_rows if strides[2] else 1
+    # a dim of one takes any aligned stride
+    dims = [s if s else 16 // item for s in strides[:3]] + [1]
+    return descriptor(base, shape, dims, [1, 1, rows, block_cols]), 2 if rows == 1 else 1
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -777,27 +832,36 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
               if k_tiles is not None and sweep_tiles == DENSE_KEY_TILES else None)
     threshold_options = (dict(sparse, num_stages=THRESHOLD_TMA_STAGES)
                          if k_tiles is not None and not wide else sparse)
+    # mask blocks and tiles through descriptors where the mask allows (eager calls)
+    no_desc = (None, 0)
+    m_blocks, sweep_mask_tma = (mask_descriptor(mask, ms, dense_m, 64 * sweep_tiles)
+                                if direct_launch and mask_kind else no_desc)
+    m_tiles, pass_mask_tma = (mask_descriptor(mask, ms, TILE, TILE)
+                              if direct_launch and mask_kind else no_desc)
     for bh0, group in groups:
         launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), group)](
-            q, k, k if k_desc is None else k_desc, mask, ha, row_max, tile_max, row_table, row_ref,
-            tau, *q.stride(), *k.stride(), *ms,
+            q, k, k if k_desc is None else k_desc, mask, mask if m_blocks is None else m_blocks,
+            ha, row_max, tile_max, row_table, row_ref, tau, *q.stride(), *k.stride(), *ms,
             Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_M=dense_m,
-            T=sweep_tiles, HISTOGRAM=histogram, KEY_TMA=k_desc is not None, **common,
+            T=sweep_tiles, HISTOGRAM=histogram, KEY_TMA=k_desc is not None,
+            MASK_TMA=sweep_mask_tma, **common,
             num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2 if narrow else 3,
         )
         launch(adasplash_attention_threshold)[(n_mb, group)](
-            q, k, k if k_tiles is None else k_tiles, mask, ha, row_max, tile_max, row_table,
-            row_ref, live_list, n_cand, tau, stat_buf, *q.stride(), *k.stride(), *ms, Hq,
-            Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale, float(alpha), MAX_STEPS=MAX_STEPS,
-            HISTOGRAM=histogram, KEY_TMA=k_tiles is not None, **threshold_options, **cap,
+            q, k, k if k_tiles is None else k_tiles, mask, mask if m_tiles is None else m_tiles,
+            ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, stat_buf,
+            *q.stride(), *k.stride(), *ms, Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale,
+            float(alpha), MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, KEY_TMA=k_tiles is not None,
+            MASK_TMA=pass_mask_tma, **threshold_options, **cap,
         )
         launch(adasplash_attention_out)[(n_mb, group)](
             q, k, k if k_tiles is None else k_tiles, v, v if v_tiles is None else v_tiles, mask,
-            ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, out,
+            mask if m_tiles is None else m_tiles, ha, row_max, tile_max, row_table, row_ref,
+            live_list, n_cand, tau, out,
             u_shift if for_backward else out, stat_buf,
             *q.stride(), *k.stride(), *v.stride(), *ms,
             Hq, Hq // Hkv, Nq, Nk, D, DV, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_DV=block_dv,
             U_SHIFT=bool(for_backward), KEY_TMA=k_tiles is not None,
-            VALUE_TMA=v_tiles is not None, **sparse,
+            VALUE_TMA=v_tiles is not None, MASK_TMA=pass_mask_tma, **sparse,
         )
     return (out, tau, row_max, tile_max, u_shift) + ((stat_buf,) if stats else ())

@@ -229,6 +229,52 @@ def test_key_and_value_tiles_through_descriptors_where_k_and_v_allow(oracle, D, 
         assert torch.equal(out, pointers)
 
 
+MASK_LAYOUTS = {
+    # name: (mask of (B=2, Hq=2, 144, 144), MASK_TMA expected: 1 boxes of rows, 2 one row, 0 pointers)
+    "bool, per batch and head": (lambda: torch.rand(2, 2, 144, 144, device=DEV) > 0.3, 1),
+    "bool, shared (N, N)": (lambda: torch.rand(144, 144, device=DEV) > 0.3, 1),
+    "bool, expanded over batch and heads (stride 0)":
+        (lambda: (torch.rand(1, 1, 144, 144, device=DEV) > 0.3).expand(2, 2, 144, 144), 1),
+    "bool, key padding (B, 1, 1, N)": (lambda: torch.rand(2, 1, 1, 144, device=DEV) > 0.2, 2),
+    "float16, per head": (lambda: torch.randn(1, 2, 144, 144, device=DEV).half(), 1),
+    "bool, rows 145 bytes apart": (lambda: (torch.rand(144, 145, device=DEV) > 0.3)[:, :144], 0),
+    "bool, keys strided": (lambda: (torch.rand(144, 288, device=DEV) > 0.3)[:, ::2], 0),
+}
+
+
+@pytest.mark.parametrize("layout", list(MASK_LAYOUTS))
+def test_mask_tiles_through_descriptors_where_the_mask_allows(oracle, layout):
+    """In direct launches the three forward kernels load the mask through TMA descriptors where
+    its layout allows (``mask_descriptor``): boxes of rows, or of the one row of a key-padding
+    mask broadcast over the queries; dims of stride 0 read at coordinate 0; pointers where a
+    stride is not a multiple of 16 bytes or the keys are not contiguous. Every layout gives the
+    oracle's output (144 queries and keys: the boxes reach past them) and the same output, bit
+    for bit, as pointers alone."""
+    make, mask_tma = MASK_LAYOUTS[layout]
+    q, k, v = _qkv(B=2, Hq=2, Hkv=2, Nq=144, Nk=144, dtype=torch.float16)
+    attn_mask = make()
+    flags = []
+
+    def record(kernel):
+        class Record:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    flags.append(kwargs["MASK_TMA"])
+                    return kernel[grid](*args, **kwargs)
+                return launch
+        return Record()
+
+    out = attention_fwd.attention_forward(q, k, v, attn_mask, True, None, 1.5, launch=record)[0]
+    assert flags == [mask_tma] * 3
+    expected = oracle.attention(q, k, v, attn_mask, True, None, 1.5)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-3, atol=2e-3)
+    flags.clear()
+    pointers = attention_fwd.attention_forward(q, k, v, attn_mask, True, None, 1.5, launch=record,
+                                               direct_launch=False)[0]
+    assert flags == [0] * 3
+    assert torch.equal(out, pointers)
+
+
 def test_attention_table_start(oracle, monkeypatch):
     """With many candidate tiles per query block, the threshold passes start from the row table's
     tile maxima: a lower bound of tau on every row (no pass run here), above -1 on most; the
