@@ -61,20 +61,41 @@ def attention_inputs(batch: int, heads: int, seq: int, head_dim: int, a: float, 
     return q, k, v
 
 
+MASK_KINDS = ("none", "bool", "key-padding")
+
+
+def attention_mask(kind: str, batch: int, seq: int, *, device, seed: int,
+                   keep: float = 0.9) -> Optional[torch.Tensor]:
+    """A bool mask (True = attend) for the benchmarks, each entry kept with probability keep:
+    "none" -> None, "bool" -> (seq, seq) shared by every batch element and head, "key-padding" ->
+    (batch, 1, 1, seq)."""
+    if kind not in MASK_KINDS:
+        raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {kind!r}")
+    if kind == "none":
+        return None
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shape = (seq, seq) if kind == "bool" else (batch, 1, 1, seq)
+    return torch.rand(shape, device=device, generator=gen) < keep
+
+
 def _row_ranges(n: int, rows_per_chunk: int, tile_rows: Optional[Iterable[int]]):
     if tile_rows is None:
         return [(r0, min(n, r0 + rows_per_chunk)) for r0 in range(0, n, rows_per_chunk)]
     return [(t * TILE, min(n, (t + 1) * TILE)) for t in tile_rows]
 
 
-def _scaled_scores(qf: torch.Tensor, kf: torch.Tensor, r0: int, causal: bool, alpha: float):
+def _scaled_scores(qf: torch.Tensor, kf: torch.Tensor, r0: int, causal: bool, alpha: float,
+                   attn_mask: Optional[torch.Tensor] = None):
     """z = (alpha - 1) q k^T / sqrt(D) for the rows of qf (the first being row r0), -inf where
-    causality excludes."""
+    causality or a bool attn_mask (broadcastable to (B, H, N, Nk), True = attend) excludes."""
     z = (qf @ kf.transpose(-1, -2)) * ((alpha - 1) / math.sqrt(qf.shape[-1]))
     if causal:
         rows = torch.arange(r0, r0 + qf.shape[-2], device=z.device)[:, None]
         cols = torch.arange(kf.shape[-2], device=z.device)
         z = z.masked_fill(cols > rows, -math.inf)
+    if attn_mask is not None:
+        rows = attn_mask[..., r0:r0 + qf.shape[-2], :] if attn_mask.shape[-2] > 1 else attn_mask
+        z = z.masked_fill(~rows, -math.inf)
     return z
 
 
@@ -88,18 +109,21 @@ def _tile_any(mask: torch.Tensor) -> torch.Tensor:
 
 def block_sparsity(q: torch.Tensor, k: torch.Tensor, *, causal: bool, alpha: float = 1.5,
                    tau: Optional[torch.Tensor] = None,
-                   tile_rows: Optional[Iterable[int]] = None) -> dict:
+                   tile_rows: Optional[Iterable[int]] = None,
+                   attn_mask: Optional[torch.Tensor] = None) -> dict:
     """Exact block sparsity of entmax attention (keys of head h are k[:, h]: no GQA).
 
     tau: (B, H, N) thresholds of z = (alpha - 1) s; None computes them with the exact reference.
-    tile_rows: the query tile rows to visit (None: all). Returns the sparsity and the tile counts.
+    tile_rows: the query tile rows to visit (None: all). attn_mask: None or a bool mask
+    broadcastable to (B, H, N, N) (True = attend); tiles it excludes entirely are not admissible.
+    Returns the sparsity and the tile counts.
     """
     b, h, n, _ = q.shape
     kf = k.float()
     rows_per_chunk = TILE * max(1, _MAX_SCORES // (b * h * k.shape[-2] * TILE))
     dead = admissible = 0
     for r0, r1 in _row_ranges(n, rows_per_chunk, tile_rows):
-        z = _scaled_scores(q[:, :, r0:r1].float(), kf, r0, causal, alpha)
+        z = _scaled_scores(q[:, :, r0:r1].float(), kf, r0, causal, alpha, attn_mask)
         t = reference.threshold(z, alpha) if tau is None else tau[:, :, r0:r1, None].float()
         adm, live = _tile_any(torch.isfinite(z)), _tile_any(z > t)
         dead += int((adm & ~live).sum())

@@ -13,6 +13,7 @@ versions of the kernels on the same warm machine (run it once per checkout, same
     python -m benchmarks.kernel_times --alpha 2 --forward-only  # another alpha, forward kernels
     python -m benchmarks.kernel_times --forward-only --set threshold:MAX_STEPS=1 \
         --set max:num_stages=3                                  # launch options of one kernel
+    python -m benchmarks.kernel_times --forward-only --mask bool  # a (N, N) bool mask, 90% kept
 
 ``--set KERNEL:NAME=VALUE`` changes a launch argument of one kernel (its name without
 ``adasplash_attention_``): a constexpr such as MAX_STEPS, or num_warps / num_stages; not one the
@@ -89,28 +90,36 @@ def launch_with(settings: list[tuple[str, str, object]]):
 
 
 def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int, seed: int,
-            alpha: float = 1.5, backward: bool = True, settings=()) -> dict:
+            alpha: float = 1.5, backward: bool = True, settings=(), mask: str = "none") -> dict:
     from kernels import attention_bwd, attention_fwd
 
     q, k, v = inputs.attention_inputs(batch, heads, seq, head_dim, a, dtype=torch.bfloat16,
                                       device="cuda", seed=seed)
+    attn_mask = inputs.attention_mask(mask, batch, seq, device="cuda", seed=seed + 1)
     dout = torch.randn_like(q)
     launch = launch_with(list(settings))
     out, tau, row_max, tile_max, u_shift, stats = attention_fwd.attention_forward(
-        q, k, v, None, True, None, alpha, None, for_backward=backward, stats=True, launch=launch)
+        q, k, v, attn_mask, True, None, alpha, None, for_backward=backward, stats=True,
+        launch=launch)
     absolute_tau = tau + (alpha - 1) * row_max
-    sparsity = inputs.block_sparsity(q, k, causal=True, alpha=alpha, tau=absolute_tau)
+    sparsity = inputs.block_sparsity(q, k, causal=True, alpha=alpha, tau=absolute_tau,
+                                     attn_mask=attn_mask)
 
     def forward():  # with what a training step keeps for the backward, unless forward-only
-        attention_fwd.attention_forward(q, k, v, None, True, None, alpha, None,
+        attention_fwd.attention_forward(q, k, v, attn_mask, True, None, alpha, None,
                                         for_backward=backward, launch=launch)
 
     def backward_pass():
-        attention_bwd.attention_backward(dout, q, k, v, tau, row_max, tile_max, None, True, None,
-                                         alpha, out=out, u_shift=u_shift)
+        attention_bwd.attention_backward(dout, q, k, v, tau, row_max, tile_max, attn_mask, True,
+                                         None, alpha, out=out, u_shift=u_shift)
+
+    # SDPA takes a mask or is_causal, not both: with a mask, the causal one folded into it (it
+    # then runs its memory-efficient kernels, not flash attention)
+    sdpa_mask = (None if attn_mask is None else
+                 attn_mask & torch.ones(seq, seq, dtype=torch.bool, device="cuda").tril())
 
     def sdpa_fwd():
-        F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, is_causal=sdpa_mask is None)
 
     times: dict[str, float] = defaultdict(float)
     parts = [("fwd", forward), ("sdpa_fwd", sdpa_fwd)]
@@ -120,7 +129,7 @@ def measure(seq: int, batch: int, heads: int, head_dim: int, a: float, reps: int
         for name, ms in _device_ms(fn, reps).items():
             times[f"{part}:{_short(name)}"] += ms
     return {
-        "a": a, "block_sparsity": sparsity["block_sparsity"],
+        "a": a, "mask": mask, "block_sparsity": sparsity["block_sparsity"],
         "passes": stats[..., 0].mean().item(),
         "live_fraction": (stats[..., 1].sum() / stats[..., 2].sum()).item(),
         "ms": dict(sorted(times.items())),
@@ -136,6 +145,8 @@ def main(argv=None) -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES))
     parser.add_argument("--alpha", type=float, default=1.5)
     parser.add_argument("--forward-only", action="store_true", help="skip the backward kernels")
+    parser.add_argument("--mask", choices=inputs.MASK_KINDS, default="none",
+                        help="a bool mask, 90%% of entries kept: (N, N), or key padding (B, 1, 1, N)")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows to this file")
@@ -145,10 +156,10 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("kernel_times needs a CUDA device (the profiler times device kernels)")
     rows = [measure(args.seq, args.batch, args.heads, args.head_dim, a, args.reps, args.seed,
-                    args.alpha, not args.forward_only, args.set) for a in args.scales]
+                    args.alpha, not args.forward_only, args.set, args.mask) for a in args.scales]
     names = sorted({name for row in rows for name in row["ms"]})
     print(f"causal bf16 alpha {args.alpha:g}, B={args.batch} H={args.heads} N={args.seq} "
-          f"D={args.head_dim}; device ms per call")
+          f"D={args.head_dim}, mask {args.mask}; device ms per call")
     print("| a | block sparsity | passes | output-pass tiles | " + " | ".join(names) + " |")
     print("|---" * (4 + len(names)) + "|")
     for row in rows:

@@ -13,13 +13,15 @@ from benchmarks import inputs, report, run
 TILE = 64
 
 
-def _oracle_block_sparsity(oracle, q, k, causal, alpha=1.5):
+def _oracle_block_sparsity(oracle, q, k, causal, alpha=1.5, mask=None):
     """Dead / admissible 64x64 tiles from dense float64 bisection entmax, tile by tile."""
     q64, k64 = q.double(), k.double()
     s = q64 @ k64.transpose(-1, -2) / math.sqrt(q.shape[-1])
     n, m = s.shape[-2:]
     if causal:
         s = s.masked_fill(torch.ones(n, m).tril().logical_not(), -math.inf)
+    if mask is not None:
+        s = s.masked_fill(~mask, -math.inf)
     p = oracle.entmax(s, alpha)
     dead = admissible = 0
     for i in range(0, n, TILE):
@@ -48,6 +50,29 @@ def test_block_sparsity_matches_dense_oracle(oracle, causal, seq, a):
     rows = inputs.sample_tile_rows(seq, 2)
     assert inputs.tau_error(q, k, tau, causal=causal, tile_rows=rows) < 1e-5
     assert inputs.tau_error(q, k, tau + 0.25, causal=causal, tile_rows=rows) == pytest.approx(0.25, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bool", "key-padding"])
+def test_block_sparsity_with_a_mask_matches_dense_oracle(oracle, kind):
+    """The benchmarks' masks (a shared (N, N) one, key padding (B, 1, 1, N); 90% kept by default,
+    60% here) and the block sparsity under them, with a whole tile's keys excluded as well: such
+    tiles are not admissible."""
+    q, k, v = inputs.attention_inputs(2, 2, 200, 16, 16.0, dtype=torch.float32, device="cpu",
+                                      seed=5)
+    mask = inputs.attention_mask(kind, 2, 200, device="cpu", seed=6, keep=0.6)
+    assert mask.shape == ((200, 200) if kind == "bool" else (2, 1, 1, 200))
+    assert 0.5 < mask.double().mean() < 0.7
+    assert torch.equal(mask, inputs.attention_mask(kind, 2, 200, device="cpu", seed=6, keep=0.6))
+    rows = slice(128, 192) if kind == "bool" else slice(None)  # one tile; key padding: a key tile
+    mask[..., rows, 0:64] = False
+    dead, admissible = _oracle_block_sparsity(oracle, q, k, True, mask=mask)
+    got = inputs.block_sparsity(q, k, causal=True, attn_mask=mask)
+    assert (got["dead_tiles"], got["admissible_tiles"]) == (dead, admissible)
+    unmasked = inputs.block_sparsity(q, k, causal=True)
+    assert got["admissible_tiles"] < unmasked["admissible_tiles"]
+    assert inputs.attention_mask("none", 2, 200, device="cpu", seed=6) is None
+    with pytest.raises(ValueError, match="mask kind must be one of"):
+        inputs.attention_mask("causal", 2, 200, device="cpu", seed=6)
 
 
 def test_rope_scores_depend_on_offset_only():
