@@ -275,6 +275,23 @@ def test_mask_tiles_through_descriptors_where_the_mask_allows(oracle, layout):
     assert torch.equal(out, pointers)
 
 
+@pytest.mark.parametrize("causal, Nq, Nk, Hq, Hkv", [(False, 80, 144, 4, 2), (True, 208, 144, 4, 1)])
+def test_mask_descriptor_boxes_with_gqa_and_unequal_lengths(oracle, causal, Nq, Nk, Hq, Hkv):
+    """Mask descriptors with more query heads than key heads (the mask's head is the query's),
+    fewer or more queries than keys, causal or not, a bool mask per head and a float32 mask of
+    the queries and keys (fp16 inputs): the oracle's output, and pointers' bit for bit."""
+    q, k, v = _qkv(B=2, Hq=Hq, Hkv=Hkv, Nq=Nq, Nk=Nk, dtype=torch.float16)
+    for attn_mask in (torch.rand(2, Hq, Nq, Nk, device=DEV) > 0.3,
+                      torch.randn(Nq, Nk, device=DEV) * 2):
+        out = attention_fwd.attention_forward(q, k, v, attn_mask, causal, None, 1.5)[0]
+        assert attention_fwd.mask_descriptor(*attention_fwd.mask_4d(attn_mask)[:2], 64, 64)[1] == 1
+        expected = oracle.attention(q, k, v, attn_mask, causal, None, 1.5)
+        torch.testing.assert_close(out.double(), expected, rtol=2e-3, atol=2e-3)
+        pointers = attention_fwd.attention_forward(q, k, v, attn_mask, causal, None, 1.5,
+                                                   direct_launch=False)[0]
+        assert torch.equal(out, pointers)
+
+
 def test_attention_table_start(oracle, monkeypatch):
     """With many candidate tiles per query block, the threshold passes start from the row table's
     tile maxima: a lower bound of tau on every row (no pass run here), above -1 on most; the
