@@ -409,6 +409,22 @@ def _fold(c0, c1, c2, c3):
 
 
 @triton.jit
+def _tile_shifted_scores(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, offs_m,
+                         n0, offs_t, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D,
+                         scale, am1, m, t, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+                         MASK_TMA: tl.constexpr, PRECISION: tl.constexpr, BOUNDS: tl.constexpr,
+                         KEY_TMA: tl.constexpr):
+    """x = z - t on the key tile from n0 (``shifted_scores``), its key and mask tiles loaded
+    (``key_tile``, ``mask_tile``)."""
+    offs_n = n0 + offs_t
+    kt = key_tile(K, KDesc, k_base, b, hk, n0, offs_n, offs_d, stride_kn, stride_kd, Nk, D, KEY_TMA)
+    mt = mask_tile(Mask, MDesc, mask_base, mb, mh, m0, n0, offs_m, offs_n, stride_mm, stride_mn, Nq,
+                   Nk, MASK_KIND, MASK_TMA)
+    return shifted_scores(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, am1, m, t, IS_CAUSAL,
+                          MASK_KIND, PRECISION, BOUNDS)
+
+
+@triton.jit
 def _tile_threshold_stats(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, offs_m,
                           n0, offs_t, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D,
                           scale, am1, m, t, k, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
@@ -417,12 +433,10 @@ def _tile_threshold_stats(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb
                           KEY_TMA: tl.constexpr):
     """Per-entry terms of (count, s1, s2, gap) of the key tile from n0 at the trial t
     (``threshold_terms``), folded (``_fold``)."""
-    offs_n = n0 + offs_t
-    kt = key_tile(K, KDesc, k_base, b, hk, n0, offs_n, offs_d, stride_kn, stride_kd, Nk, D, KEY_TMA)
-    mt = mask_tile(Mask, MDesc, mask_base, mb, mh, m0, n0, offs_m, offs_n, stride_mm, stride_mn, Nq,
-                   Nk, MASK_KIND, MASK_TMA)
-    x = shifted_scores(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, am1, m, t, IS_CAUSAL, MASK_KIND,
-                       PRECISION, BOUNDS)
+    x = _tile_shifted_scores(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, offs_m,
+                             n0, offs_t, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk,
+                             D, scale, am1, m, t, IS_CAUSAL, MASK_KIND, MASK_TMA, PRECISION, BOUNDS,
+                             KEY_TMA)
     c0, c1, c2, c3 = threshold_terms(x, ALPHA_MODE, k)
     return _fold(c0, c1, c2, c3)
 
@@ -565,14 +579,12 @@ def _tile_output(acc, acc_u, q, K, KDesc, V, VDesc, Mask, MDesc, k_base, v_base,
                  KEY_TMA: tl.constexpr, VALUE_TMA: tl.constexpr):
     """The key tile from n0 into acc += p v (and, if U_SHIFT, acc_u += u v); returns acc, acc_u,
     p, u (u in v's dtype if U_SHIFT)."""
-    offs_n = n0 + offs_t
-    kt = key_tile(K, KDesc, k_base, b, hk, n0, offs_n, offs_d, stride_kn, stride_kd, Nk, D, KEY_TMA)
-    mt = mask_tile(Mask, MDesc, mask_base, mb, mh, m0, n0, offs_m, offs_n, stride_mm, stride_mn, Nq,
-                   Nk, MASK_KIND, MASK_TMA)
-    x = shifted_scores(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, am1, m, t, IS_CAUSAL, MASK_KIND,
-                       PRECISION, BOUNDS)
+    x = _tile_shifted_scores(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, offs_m,
+                             n0, offs_t, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk,
+                             D, scale, am1, m, t, IS_CAUSAL, MASK_KIND, MASK_TMA, PRECISION, BOUNDS,
+                             KEY_TMA)
     p, u = p_and_u(x, k, ALPHA_MODE)
-    v = value_tile(V, VDesc, v_base, b, hk, n0, offs_n, offs_dv, stride_vn, stride_vd, Nk, DV,
+    v = value_tile(V, VDesc, v_base, b, hk, n0, n0 + offs_t, offs_dv, stride_vn, stride_vd, Nk, DV,
                    VALUE_TMA)
     acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     if U_SHIFT:
