@@ -48,7 +48,8 @@ import triton.language as tl
 from .entmax_rows import alpha_mode
 from .histogram import BINS, histogram_start, histogram_update
 from .threshold import p_and_u, threshold_terms, threshold_step
-from .tiles import key_tile, load_tile, mask_tile, score_tile, shifted_scores, value_tile
+from .tiles import (key_tile, load_tile, mask_scores, mask_tile, score_tile, shifted_scores,
+                    value_tile)
 
 TILE = 64
 MAX_STEPS = 32
@@ -198,30 +199,40 @@ def _max_block(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, o
                top, c, tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL: tl.constexpr,
                MASK_KIND: tl.constexpr, MASK_TMA: tl.constexpr, PRECISION: tl.constexpr,
                BOUNDS: tl.constexpr, HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr,
-               R: tl.constexpr, T: tl.constexpr):
+               MAX_THEN_SCALE: tl.constexpr, R: tl.constexpr, T: tl.constexpr):
     """One block of T key tiles of the dense sweep: updates the row max m, the reference r and,
     if HISTOGRAM, the counts (lo, hi, top) of ``histogram_update``, and writes the max over each
     tile of s - m per 64-row slice (>= its value for the final m) and of s - r per row, coded
     (``_row_code``). r is the reference the sweep set before its first block (-inf for a row
     that had no admissible key in it: then the running max after this block): fixed, so that
     the readers take its distance to the final m off (the running max itself, rising after the
-    first tiles are coded, would make their entries useless as values of z)."""
+    first tiles are coded, would make their entries useless as values of z). MAX_THEN_SCALE
+    (scale > 0, no float mask, no histogram): the tile maxima are taken of q k^T and then scaled,
+    one product per row and tile instead of one per score; the same values, as rounding a
+    product by scale > 0 is monotone in the other factor. (On an H100, N = 16k, H = 16, D = 128,
+    bf16, causal: the sweep took 1.11-1.13 -> 1.06-1.07 ms, its loop 529 -> 375 instructions.)"""
     offs_n = kb * 64 * T + tl.arange(0, 64 * T)
     kt = key_tile(K, KDesc, k_base, b, hk, kb * 64 * T, offs_n, offs_d, stride_kn, stride_kd, Nk,
                   D, KEY_TMA)
     mt = mask_tile(Mask, MDesc, mask_base, mb, mh, m0, kb * 64 * T, offs_m, offs_n, stride_mm,
                    stride_mn, Nq, Nk, MASK_KIND, MASK_TMA)
-    s = score_tile(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, IS_CAUSAL, MASK_KIND, PRECISION, BOUNDS)
-    s = tl.reshape(s, (R * 64, T, 64))
-    tile_max = tl.max(s, 2)
+    if MAX_THEN_SCALE:
+        qk = mask_scores(tl.dot(q, kt, input_precision=PRECISION), mt, offs_m, offs_n, Nq, Nk,
+                         IS_CAUSAL, MASK_KIND, BOUNDS)
+        tile_max = tl.max(tl.reshape(qk, (R * 64, T, 64)), 2) * scale
+    else:
+        s = tl.reshape(score_tile(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, IS_CAUSAL, MASK_KIND,
+                                  PRECISION, BOUNDS), (R * 64, T, 64))
+        tile_max = tl.max(s, 2)
     s_max = tl.max(tile_max, 1)
     m = tl.maximum(m, s_max)
     ref = tl.where(ref == float("-inf"), m, ref)
     if HISTOGRAM:
         lo, hi, top = histogram_update(lo, hi, top, s, s_max, m, c)
-    rel = tl.where(tile_max == float("-inf"), float("-inf"), tile_max - m[:, None])
+    # (m = -inf, and then r = -inf, only on rows whose tile maxima are all -inf)
+    rel = tile_max - tl.where(m == float("-inf"), 0.0, m)[:, None]
     kt = kb * T + tl.arange(0, T)
-    rel_ref = tl.where(tile_max == float("-inf"), float("-inf"), tile_max - ref[:, None])
+    rel_ref = tile_max - tl.where(ref == float("-inf"), 0.0, ref)[:, None]
     tl.store(_row_entries(rt_base, offs_m, kt, Nq), _row_code(rel_ref, am1),
              mask=(offs_m < Nq)[:, None] & (kt < n_tiles_n)[None, :])
     tl.store(tm_ptrs[:, None] + kt[None, :], tl.max(tl.reshape(rel, (R, 64, T)), 1),
@@ -238,8 +249,8 @@ def adasplash_attention_max(
     Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, BH0, scale, alpha,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_TMA: tl.constexpr,
     ALPHA_MODE: tl.constexpr, HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr,
-    HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    T: tl.constexpr,
+    HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr, MAX_THEN_SCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
 ):
     """Row max, tile-max tables (per slice, and per row for this launch's heads) and, if
     HISTOGRAM, the histogram start of tau (written to Tau). KEY_TMA: the sweep's key blocks come
@@ -285,13 +296,13 @@ def adasplash_attention_max(
             q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, pid_m * BLOCK_M, offs_m,
             n_kb - 1 - i, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1,
             m, ref, lo, hi, top, c, tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL,
-            MASK_KIND, MASK_TMA, PRECISION, True, HISTOGRAM, KEY_TMA, R, T)
+            MASK_KIND, MASK_TMA, PRECISION, True, HISTOGRAM, KEY_TMA, MAX_THEN_SCALE, R, T)
     for i in range(0, n_free):
         m, ref, lo, hi, top = _max_block(
             q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, pid_m * BLOCK_M, offs_m,
             n_free - 1 - i, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
             am1, m, ref, lo, hi, top, c, tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL,
-            MASK_KIND, MASK_TMA, PRECISION, False, HISTOGRAM, KEY_TMA, R, T)
+            MASK_KIND, MASK_TMA, PRECISION, False, HISTOGRAM, KEY_TMA, MAX_THEN_SCALE, R, T)
     rows = bh.to(tl.int64) * Nq + offs_m
     tl.store(RowMax + rows, m, mask=offs_m < Nq)
     tl.store(RowRef + tl.program_id(1).to(tl.int64) * Nq + offs_m, ref, mask=offs_m < Nq)
@@ -680,12 +691,15 @@ def adasplash_attention_out(
                 stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, Nq, Nk, D, DV,
                 scale, am1, m, t, k, IS_CAUSAL, MASK_KIND, MASK_TMA, PRECISION, ALPHA_MODE,
                 edge == 1, U_SHIFT, KEY_TMA, VALUE_TMA)
-            l += tl.sum(p, 1)
+            p_sum = tl.sum(p, 1)
+            l += p_sum
             if U_SHIFT:
                 l_u += tl.sum(u.to(tl.float32), 1)
             if STATS:
                 support += tl.sum((p > 0).to(tl.float32), 1)
-            held |= tl.where(tl.max(p, 1) > 0, 1 << (j % 32), 0)
+            # p >= 0, so its row sum tells whether some p > 0 (the row max cost 10% of the
+            # loop's instructions; output kernel 2.34 -> 2.27-2.30 ms on an H100 at N = 16k)
+            held |= tl.where(p_sum > 0, 1 << (j % 32), 0)
             if (j % 32 == 31) | (j == n_live - 1):
                 seen = tl.reduce(tl.reshape(held, (R, 64)), 1, _bit_or)
                 listed = j - j % 32 + bit
@@ -856,6 +870,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
             ha, row_max, tile_max, row_table, row_ref, tau, *q.stride(), *k.stride(), *ms,
             Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_M=dense_m,
             T=sweep_tiles, HISTOGRAM=histogram, KEY_TMA=k_desc is not None,
+            MAX_THEN_SCALE=scale > 0 and mask_kind != 2 and not histogram,
             MASK_TMA=sweep_mask_tma, **common,
             num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2 if narrow else 3,
         )

@@ -79,6 +79,10 @@ FORWARD_CASES = {
     "gqa": dict(Hq=4, Hkv=2, causal=True, Nq=100, Nk=60),
     "per-head alpha": dict(head_alpha=(1.2, 1.9)),
     "head dims 80 / 48, scale": dict(D=80, DV=48, sm_scale=0.3),
+    # the sweep takes its tile maxima of q k^T before scaling only for scale > 0
+    "negative scale": dict(causal=True, sm_scale=-0.4),
+    "float16, negative scale": dict(dtype=torch.float16, causal=True, Nq=200, Nk=200,
+                                    sm_scale=-0.3),
     "one query": dict(Nq=1, Nk=77),
     "float16": dict(dtype=torch.float16, causal=True),
     # 4 key tiles per sweep step: blocks whose first step holds 2 admissible tiles
