@@ -2,24 +2,28 @@
 
 For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf where excluded):
 
-1. ``adasplash_attention_max`` (dense): one sweep over the admissible key tiles gives the row max m
-   and two tables of tile maxima. The slice table holds, per TILE x TILE tile, an upper bound of
-   max (s_ij - m_i) over the tile, which the backward reads too; it uses the running max, which
-   only grows (the sweep runs from the last key tile down, so that for causal, local attention
-   the row max comes first). The row table, scratch for the forward, holds per row and tile the
-   max of y = (alpha - 1)(s - r) in int8 steps of 1/127 (``_row_code``), r the row max over
-   the last REF_TILES admissible key tiles: a fixed reference, so that z = y - (alpha - 1)(m - r) is
-   bounded above, and from below to within a step, by it. (Rows attend to different tiles: the
-   output pass visited 1.9x the tiles that hold some p > 0 with lists from the slice table at
-   block sparsity 0.74, 1.01x with the row table.) For the alphas of ``HISTOGRAM_MODES`` the
-   sweep also counts the scores near the max in 8 bins and writes a start for tau, within one
-   bin of it (``histogram.py``).
+1. ``adasplash_attention_max`` (dense): one sweep over the admissible key tiles (from the last
+   down, so that for causal, local attention the row max comes first) gives the row max m and
+   the row table, scratch for the forward: per row and tile the max of y = (alpha - 1)(s - r) in
+   int8 steps of 1/127 (``_row_code``), r the row max over the last REF_TILES admissible key
+   tiles: a fixed reference, so that z = y - (alpha - 1)(m - r) is bounded above, and from below
+   to within a step, by it. (Rows attend to different tiles: the output pass visited 1.9x the
+   tiles that hold some p > 0 with lists from a table per 64-row slice at block sparsity 0.74,
+   1.01x with the row table.) For the alphas of ``HISTOGRAM_MODES`` the sweep also counts the
+   scores near the max in 8 bins and writes a start for tau, within one bin of it
+   (``histogram.py``).
 2. ``adasplash_attention_threshold`` (sparse): with z = (alpha - 1)(s - m) (max 0), threshold
    passes (``threshold.py``) over the tiles whose row-table bound reaches t for one of the rows,
    until the support is proven unchanged (t = tau). The candidates, the tiles with some z > -1,
-   are listed first (from the slice table, then the row table); every pass takes its list from
-   them. The passes start at the histogram's start, at the threshold of the row's tile maxima
-   (``_table_start``, a lower bound of tau: for blocks with many candidates), or at -1 <= tau.
+   are listed first from the row table; every pass takes its list from them. Listing them
+   writes the slice table, which the backward reads: per TILE x TILE tile an upper bound of
+   max (s_ij - m_i) over the tile from the row table, -inf on tiles that are no candidates. (The
+   sweep wrote it before, reducing its tile maxima over 64 rows at every step: on an H200 at N =
+   16k the sweep took 1.07 -> 0.95 ms without it, its loop 375 -> 287 instructions, 10 -> 5
+   barriers; listing the candidates from all key tiles instead of those the slice table let
+   through cost 0.04 ms at block sparsity 0.90.) The passes start at the histogram's start, at
+   the threshold of the row's tile maxima (``_table_start``, a lower bound of tau: for blocks
+   with many candidates), or at -1 <= tau.
    The proof's gap is cut at the largest bound of the tiles a pass skipped.
 3. ``adasplash_attention_out`` (sparse): visits the candidates live for tau:
    out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the
@@ -196,17 +200,17 @@ def _row_code(rel, am1):
 @triton.jit
 def _max_block(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, offs_m, kb, offs_d,
                stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, ref, lo, hi,
-               top, c, tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL: tl.constexpr,
+               top, c, rt_base, n_tiles_n, IS_CAUSAL: tl.constexpr,
                MASK_KIND: tl.constexpr, MASK_TMA: tl.constexpr, PRECISION: tl.constexpr,
                BOUNDS: tl.constexpr, HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr,
                MAX_THEN_SCALE: tl.constexpr, R: tl.constexpr, T: tl.constexpr):
     """One block of T key tiles of the dense sweep: updates the row max m, the reference r and,
     if HISTOGRAM, the counts (lo, hi, top) of ``histogram_update``, and writes the max over each
-    tile of s - m per 64-row slice (>= its value for the final m) and of s - r per row, coded
-    (``_row_code``). r is the reference the sweep set before its first block (-inf for a row
-    that had no admissible key in it: then the running max after this block): fixed, so that
-    the readers take its distance to the final m off (the running max itself, rising after the
-    first tiles are coded, would make their entries useless as values of z). MAX_THEN_SCALE
+    tile of s - r per row, coded (``_row_code``). r is the reference the sweep set before its
+    first block (-inf for a row that had no admissible key in it: then the running max after
+    this block): fixed, so that the readers take its distance to the final m off (the running
+    max itself, rising after the first tiles are coded, would make their entries useless as
+    values of z). MAX_THEN_SCALE
     (scale > 0, no float mask, no histogram): the tile maxima are taken of q k^T and then scaled,
     one product per row and tile instead of one per score; the same values, as rounding a
     product by scale > 0 is monotone in the other factor. (On an H100, N = 16k, H = 16, D = 128,
@@ -229,24 +233,21 @@ def _max_block(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, o
     ref = tl.where(ref == float("-inf"), m, ref)
     if HISTOGRAM:
         lo, hi, top = histogram_update(lo, hi, top, s, s_max, m, c)
-    # (m = -inf, and then r = -inf, only on rows whose tile maxima are all -inf)
-    rel = tile_max - tl.where(m == float("-inf"), 0.0, m)[:, None]
     kt = kb * T + tl.arange(0, T)
+    # (r = -inf only on rows whose tile maxima are all -inf)
     rel_ref = tile_max - tl.where(ref == float("-inf"), 0.0, ref)[:, None]
     tl.store(_row_entries(rt_base, offs_m, kt, Nq), _row_code(rel_ref, am1),
              mask=(offs_m < Nq)[:, None] & (kt < n_tiles_n)[None, :])
-    tl.store(tm_ptrs[:, None] + kt[None, :], tl.max(tl.reshape(rel, (R, 64, T)), 1),
-             mask=(slices < n_tiles_m)[:, None] & (kt < n_tiles_n)[None, :])
     return m, ref, lo, hi, top
 
 
 @triton.jit
 def adasplash_attention_max(
-    Q, K, KDesc, Mask, MDesc, HeadAlpha, RowMax, TileMax, RowTable, RowRef, Tau,
+    Q, K, KDesc, Mask, MDesc, HeadAlpha, RowMax, RowTable, RowRef, Tau,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mh, stride_mm, stride_mn,
-    Hq, G, Nq, Nk, D, n_tiles_m, n_tiles_n, BH0, scale, alpha,
+    Hq, G, Nq, Nk, D, n_tiles_n, BH0, scale, alpha,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, MASK_TMA: tl.constexpr,
     ALPHA_MODE: tl.constexpr, HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr,
     HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr, MAX_THEN_SCALE: tl.constexpr,
@@ -269,8 +270,6 @@ def adasplash_attention_max(
     k_base = b.to(tl.int64) * stride_kb + hk * stride_kh
     mask_base = b.to(tl.int64) * stride_mb + h * stride_mh
     mb, mh = _mask_coords(b, h, stride_mb, stride_mh)
-    slices = pid_m * R + tl.arange(0, R)
-    tm_ptrs = TileMax + (bh.to(tl.int64) * n_tiles_m + slices) * n_tiles_n
     rt_base = RowTable + tl.program_id(1).to(tl.int64) * n_tiles_n * Nq
 
     # blocks of T tiles; the interior ones are the blocks of interior tiles only
@@ -295,13 +294,13 @@ def adasplash_attention_max(
         m, ref, lo, hi, top = _max_block(
             q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, pid_m * BLOCK_M, offs_m,
             n_kb - 1 - i, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1,
-            m, ref, lo, hi, top, c, tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL,
+            m, ref, lo, hi, top, c, rt_base, n_tiles_n, IS_CAUSAL,
             MASK_KIND, MASK_TMA, PRECISION, True, HISTOGRAM, KEY_TMA, MAX_THEN_SCALE, R, T)
     for i in range(0, n_free):
         m, ref, lo, hi, top = _max_block(
             q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, pid_m * BLOCK_M, offs_m,
             n_free - 1 - i, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
-            am1, m, ref, lo, hi, top, c, tm_ptrs, rt_base, slices, n_tiles_m, n_tiles_n, IS_CAUSAL,
+            am1, m, ref, lo, hi, top, c, rt_base, n_tiles_n, IS_CAUSAL,
             MASK_KIND, MASK_TMA, PRECISION, False, HISTOGRAM, KEY_TMA, MAX_THEN_SCALE, R, T)
     rows = bh.to(tl.int64) * Nq + offs_m
     tl.store(RowMax + rows, m, mask=offs_m < Nq)
@@ -342,20 +341,25 @@ def _chunk_tiles(Src, c, n_src, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _live_list(rt_base, offs_m, Nq, shift, Src, n_src, List, n_free, t, tm_ptrs, slice_ok,
+def _live_list(rt_base, offs_m, Nq, shift, Src, n_src, List, n_free, t, tm_ptrs, slice_ok, am1,
                MARK: tl.constexpr, CHUNK: tl.constexpr):
-    """Write to List, in ascending order, the candidate tiles (the ascending list Src[:n_src])
-    that can hold some z > t: those whose bound c / CODE_UNIT - shift (c: the row table's entry,
-    1e30 for a saturated one; shift = (alpha - 1)(m - r) per row) reaches t for one of the rows
-    (t = +inf: the row needs none). Return how many, how many of them are below n_free (the
-    interior ones, first in the list), and per row the largest bound of the candidates left out.
-    MARK: set the slice table of those to -inf. The same program reads the list back after the
-    barrier."""
+    """Write to List, in ascending order, the tiles of the ascending list Src[:n_src] (Src None:
+    the tiles 0, 1, ..., n_src - 1) that can hold some z > t: those whose bound c / CODE_UNIT -
+    shift (c: the row table's entry, 1e30 for a saturated one; shift = (alpha - 1)(m - r) per
+    row) reaches t for one of the rows (t = +inf: the row needs none). Return how many, how many
+    of them are below n_free (the interior ones, first in the list), and per row the largest bound
+    of the tiles left out. MARK 1: set the slice table of those to -inf; 2: and that of the tiles
+    listed to their largest bound / (alpha - 1), which bounds max (s - m) over the tile from above.
+    The same program reads the list back after the barrier."""
     n_live = tl.full([], 0, tl.int32)
     n_int = tl.full([], 0, tl.int32)
     unseen = tl.full(t.shape, float("-inf"), tl.float32)
     for c in range(0, n_src, CHUNK):
-        kt, ok = _chunk_tiles(Src, c, n_src, CHUNK)
+        if Src is None:
+            kt = c + tl.arange(0, CHUNK)
+            ok = kt < n_src
+        else:
+            kt, ok = _chunk_tiles(Src, c, n_src, CHUNK)
         # ``_load_codes`` written out: the stores below depend on it, and Inductor's analysis of
         # what a kernel writes ties a helper's results to all of its arguments
         valid = (offs_m < Nq)[:, None] & ok[None, :]
@@ -364,7 +368,13 @@ def _live_list(rt_base, offs_m, Nq, shift, Src, n_src, List, n_free, t, tm_ptrs,
         bound = tl.where(valid, bound, float("-inf"))
         live = (tl.max((bound >= t[:, None]).to(tl.int32), 0) > 0) & ok
         unseen = tl.maximum(unseen, tl.max(tl.where(live[None, :], float("-inf"), bound), 1))
-        if MARK:
+        if MARK == 2:  # per 64-row slice
+            R: tl.constexpr = offs_m.shape[0] // 64
+            reach = tl.max(tl.reshape((bound >= t[:, None]).to(tl.int32), (R, 64, CHUNK)), 1) > 0
+            top = tl.max(tl.reshape(bound, (R, 64, CHUNK)), 1)
+            tl.store(tm_ptrs[:, None] + kt[None, :], tl.where(reach, top / am1, float("-inf")),
+                     mask=slice_ok[:, None] & ok[None, :])
+        elif MARK == 1:
             tl.store(tm_ptrs[:, None] + kt[None, :], float("-inf"),
                      mask=slice_ok[:, None] & (ok & ~live)[None, :])
         n_live = _append(List, n_live, live, kt)
@@ -468,7 +478,8 @@ def adasplash_attention_threshold(
 ):
     """tau per row: threshold passes, each over the tiles that can hold some z > t. First the
     candidates, the tiles with some z > -1 (all that any t >= -1 needs), go to the first half of
-    the program's List and their count to Count; the slice table of the others gets -inf.
+    the program's List and their count to Count; the slice table gets their bounds, and -inf
+    for the others (TileMax, written here only).
     KEY_TMA: key tiles through KDesc, a descriptor of K in (1, 1, 64, BLOCK_D) boxes; MASK_TMA:
     mask tiles through MDesc (``mask_tile``)."""
     R: tl.constexpr = BLOCK_M // 64
@@ -508,15 +519,11 @@ def adasplash_attention_threshold(
     empty = m == float("-inf")
     m = tl.where(empty, 0.0, m)
     n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
-    # the candidates: the tiles whose slice-table entry reaches -1 / (alpha - 1) (z > -1 for one
-    # of the slice's rows, cheap to find) and then whose row table says so (every z of the others
-    # lies below -1)
-    n_cand = _slice_list(tm_ptrs, slice_ok, List, n_kt, tl.full([R], -1.0, tl.float32) / am1,
-                         LIST_CHUNK)
+    # the candidates: the tiles whose row table says that they may hold some z > -1 (every z of
+    # the others lies below -1); the slice table gets their bounds, and -inf for the others
     n_cand, n_cand_int, unseen_cand = _live_list(
-        rt_base, offs_m, Nq, shift, List, n_cand, Cand, n_free, tl.where(empty, float("inf"), -1.0),
-        tm_ptrs, slice_ok, True, ROW_CHUNK)
-    unseen_cand = tl.maximum(unseen_cand, -1.0)  # (every z the slice table rules out is below -1)
+        rt_base, offs_m, Nq, shift, None, n_kt, Cand, n_free, tl.where(empty, float("inf"), -1.0),
+        tm_ptrs, slice_ok, am1, 2, ROW_CHUNK)
     tl.store(Count + block, n_cand)
     tl.debug_barrier()
     n_cand = tl.load(Count + block)  # (read back: the stores below depend on it, see _live_list)
@@ -557,7 +564,7 @@ def adasplash_attention_threshold(
         else:
             n_live, n_int, unseen = _live_list(rt_base, offs_m, Nq, shift, Cand, n_cand, List,
                                                n_free, tl.where(done, float("inf"), t), None, None,
-                                               False, ROW_CHUNK)
+                                               am1, 0, ROW_CHUNK)
             unseen = tl.maximum(unseen, unseen_cand)
         tiles = Cand + tl.where(first, 0, n_tiles_n)  # (List = Cand + n_tiles_n)
         count = tl.zeros([BLOCK_M, 8], tl.float32)
@@ -680,7 +687,7 @@ def adasplash_attention_out(
     n_free = _interior_tiles(pid_m, Nq, Nk, BLOCK_M, IS_CAUSAL)
     # the tiles left out, on which no row has p > 0, get -inf in the slice table (for the backward)
     n_live, n_int, _ = _live_list(rt_base, offs_m, Nq, shift, Cand, tl.load(Count + block), List,
-                                  n_free, t, tm_ptrs, slice_ok, True, ROW_CHUNK)
+                                  n_free, t, tm_ptrs, slice_ok, am1, 1, ROW_CHUNK)
     q = load_tile(Q + b.to(tl.int64) * stride_qb + h * stride_qh, offs_m, offs_d, stride_qm,
                   stride_qd, Nq, D)
     # Per row: l, l_u, the support size and `held`, whose bit j % 32 says p > 0 on the j-th
@@ -879,8 +886,8 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     for bh0, group in groups:
         launch(adasplash_attention_max)[(triton.cdiv(Nq, dense_m), group)](
             q, k, k if k_desc is None else k_desc, mask, mask if m_blocks is None else m_blocks,
-            ha, row_max, tile_max, row_table, row_ref, tau, *q.stride(), *k.stride(), *ms,
-            Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale, float(alpha), BLOCK_M=dense_m,
+            ha, row_max, row_table, row_ref, tau, *q.stride(), *k.stride(), *ms,
+            Hq, Hq // Hkv, Nq, Nk, D, n_tn, bh0, scale, float(alpha), BLOCK_M=dense_m,
             T=sweep_tiles, HISTOGRAM=histogram, KEY_TMA=k_desc is not None,
             MAX_THEN_SCALE=scale > 0 and mask_kind != 2 and not histogram,
             MASK_TMA=sweep_mask_tma, **common,
