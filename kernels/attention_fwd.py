@@ -524,6 +524,10 @@ def adasplash_attention_threshold(
     n_cand, n_cand_int, unseen_cand = _live_list(
         rt_base, offs_m, Nq, shift, None, n_kt, Cand, n_free, tl.where(empty, float("inf"), -1.0),
         tm_ptrs, slice_ok, am1, 2, ROW_CHUNK)
+    for c in range(n_kt, n_tiles_n, LIST_CHUNK):  # (and -inf on the tiles no query here sees)
+        kt = c + tl.arange(0, LIST_CHUNK)
+        tl.store(tm_ptrs[:, None] + kt[None, :], float("-inf"),
+                 mask=slice_ok[:, None] & (kt < n_tiles_n)[None, :])
     tl.store(Count + block, n_cand)
     tl.debug_barrier()
     n_cand = tl.load(Count + block)  # (read back: the stores below depend on it, see _live_list)
@@ -831,7 +835,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     tau = torch.empty((B, Hq, Nq), **f32)
     row_max = torch.empty((B, Hq, Nq), **f32)
     n_tm, n_tn = triton.cdiv(Nq, TILE), triton.cdiv(Nk, TILE)
-    tile_max = torch.full((B, Hq, n_tm, n_tn), float("-inf"), **f32)
+    tile_max = torch.empty((B, Hq, n_tm, n_tn), **f32)  # (every entry from the threshold kernel)
     block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(DV))
     wide = max(block_d, block_dv) > 128
     dense_m, sparse_m = (64, 64) if wide or Nq <= 64 else (DENSE_BLOCK_M, SPARSE_BLOCK_M)
