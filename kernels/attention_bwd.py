@@ -25,11 +25,25 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import (LIST_CHUNK, TILE, _append, _interior_tiles, _slice_list, dot_precision,
-                           mask_4d)
+from .attention_fwd import LIST_CHUNK, TILE, _append, _interior_tiles, dot_precision, mask_4d
 from .entmax_rows import alpha_mode
 from .threshold import p_and_u
 from .tiles import load_tile, mask_tile, shift_scores, shifted_scores
+
+
+@triton.jit
+def _slice_list(tm_ptrs, slice_ok, List, n_kt, thr, CHUNK: tl.constexpr):
+    """Write to List, in ascending order, the first n_kt key tiles whose slice-table entry reaches
+    thr for one of the 64-row slices; return how many."""
+    n_live = tl.full([], 0, tl.int32)
+    for c in range(0, n_kt, CHUNK):
+        kt = c + tl.arange(0, CHUNK)
+        tmax = tl.load(tm_ptrs[:, None] + kt[None, :],
+                       mask=slice_ok[:, None] & (kt < n_kt)[None, :], other=float("-inf"))
+        n_live = _append(List, n_live, (tl.max((tmax >= thr[:, None]).to(tl.int32), 0) > 0)
+                         & (kt < n_kt), kt)
+    tl.debug_barrier()
+    return n_live
 
 
 @triton.jit

@@ -318,21 +318,6 @@ def _append(List, n, live, values):
 
 
 @triton.jit
-def _slice_list(tm_ptrs, slice_ok, List, n_kt, thr, CHUNK: tl.constexpr):
-    """Write to List, in ascending order, the first n_kt key tiles whose slice-table entry reaches
-    thr for one of the 64-row slices; return how many."""
-    n_live = tl.full([], 0, tl.int32)
-    for c in range(0, n_kt, CHUNK):
-        kt = c + tl.arange(0, CHUNK)
-        tmax = tl.load(tm_ptrs[:, None] + kt[None, :],
-                       mask=slice_ok[:, None] & (kt < n_kt)[None, :], other=float("-inf"))
-        n_live = _append(List, n_live, (tl.max((tmax >= thr[:, None]).to(tl.int32), 0) > 0)
-                         & (kt < n_kt), kt)
-    tl.debug_barrier()
-    return n_live
-
-
-@triton.jit
 def _chunk_tiles(Src, c, n_src, CHUNK: tl.constexpr):
     """The key tiles Src[c:c + CHUNK] of a list of n_src, and which exist."""
     i = c + tl.arange(0, CHUNK)
