@@ -210,11 +210,11 @@ def _max_block(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, o
     first block (-inf for a row that had no admissible key in it: then the running max after
     this block): fixed, so that the readers take its distance to the final m off (the running
     max itself, rising after the first tiles are coded, would make their entries useless as
-    values of z). MAX_THEN_SCALE
-    (scale > 0, no float mask, no histogram): the tile maxima are taken of q k^T and then scaled,
-    one product per row and tile instead of one per score; the same values, as rounding a
-    product by scale > 0 is monotone in the other factor. (On an H100, N = 16k, H = 16, D = 128,
-    bf16, causal: the sweep took 1.11-1.13 -> 1.06-1.07 ms, its loop 529 -> 375 instructions.)"""
+    values of z). MAX_THEN_SCALE (scale > 0, no float mask, no histogram): the tile maxima are
+    taken of q k^T and then scaled, one product per row and tile instead of one per score; the
+    same values, as rounding a product by scale > 0 is monotone in the other factor. (On an
+    H100, N = 16k, H = 16, D = 128, bf16, causal: the sweep took 1.11-1.13 -> 1.06-1.07 ms, its
+    loop 529 -> 375 instructions.)"""
     offs_n = kb * 64 * T + tl.arange(0, 64 * T)
     kt = key_tile(K, KDesc, k_base, b, hk, kb * 64 * T, offs_n, offs_d, stride_kn, stride_kd, Nk,
                   D, KEY_TMA)
@@ -253,8 +253,8 @@ def adasplash_attention_max(
     HISTOGRAM: tl.constexpr, KEY_TMA: tl.constexpr, MAX_THEN_SCALE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
 ):
-    """Row max, tile-max tables (per slice, and per row for this launch's heads) and, if
-    HISTOGRAM, the histogram start of tau (written to Tau). KEY_TMA: the sweep's key blocks come
+    """Row max, the row table of this launch's heads and, if HISTOGRAM, the histogram start of
+    tau (written to Tau). KEY_TMA: the sweep's key blocks come
     through KDesc, a descriptor of K in (1, 1, 64 T, BLOCK_D) boxes (``tile_descriptor``);
     MASK_TMA: the mask's blocks through MDesc (``mask_tile``, ``mask_descriptor``)."""
     R: tl.constexpr = BLOCK_M // 64
