@@ -106,6 +106,33 @@ def _run_forward(oracle, causal=False, mask=None, alpha=1.5, head_alpha=None, sm
     return (q, k, v, m, causal, sm_scale, alpha, ha), outputs, expected
 
 
+def _scores_and_weights(oracle, q, k, m, causal, sm_scale, alpha, ha):
+    """The oracle's float64 scores s (heads of q), their row max, the weights p and alpha - 1 (a
+    tensor that broadcasts against the rows)."""
+    Hq = q.shape[1]
+    s = oracle.scores(q.double(), k.double().repeat_interleave(Hq // k.shape[1], 1),
+                      None if m is None else (m if m.dtype == torch.bool else m.double()),
+                      causal, sm_scale)
+    am1 = (ha.double().view(1, Hq, 1) if ha is not None
+           else torch.tensor(alpha, dtype=F64, device=DEV)) - 1
+    return s, s.amax(-1), oracle.entmax(s, am1 + 1 if ha is not None else alpha), am1
+
+
+def _assert_tile_table(s, smax, p, tau, tile_max, alpha, ha):
+    """The table bounds max (s - row_max) over each tile from above, or is -inf on a tile with no
+    p > 0; the tiles the backward finds live are exactly those with some p > 0. Returns them."""
+    fin = torch.isfinite(smax)
+    rel = torch.nn.functional.pad(s - torch.where(fin, smax, 0).unsqueeze(-1),
+                                  (0, -s.shape[-1] % TILE, 0, -s.shape[-2] % TILE), value=-math.inf)
+    exact = rel.unflatten(-2, (-1, TILE)).unflatten(-1, (-1, TILE)).amax((-3, -1))
+    p_tiles = torch.nn.functional.pad(p, (0, -p.shape[-1] % TILE, 0, -p.shape[-2] % TILE))
+    has_p = p_tiles.unflatten(-2, (-1, TILE)).unflatten(-1, (-1, TILE)).amax((-3, -1)) > 0
+    assert (tile_max.double() >= exact - 1e-5)[has_p].all()
+    live = attention_bwd.live_blocks(tau, tile_max, alpha, ha, TILE, TILE)
+    assert torch.equal(live, has_p)
+    return live
+
+
 @pytest.mark.parametrize("case", FORWARD_CASES)
 def test_attention_forward(oracle, case):
     """out and u_shift against the oracle; row_max, tau and tile_max keep their contract; stats add
@@ -117,14 +144,8 @@ def test_attention_forward(oracle, case):
     torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
 
     Hq = q.shape[1]
-    s = oracle.scores(q.double(), k.double().repeat_interleave(Hq // k.shape[1], 1),
-                      None if m is None else (m if m.dtype == torch.bool else m.double()),
-                      causal, sm_scale)
-    smax = s.amax(-1)
+    s, smax, p, am1 = _scores_and_weights(oracle, q, k, m, causal, sm_scale, alpha, ha)
     torch.testing.assert_close(row_max.double(), smax, rtol=1e-5, atol=1e-5)
-    am1 = (ha.double().view(1, Hq, 1) if ha is not None
-           else torch.tensor(alpha, dtype=F64, device=DEV)) - 1
-    p = oracle.entmax(s, am1 + 1 if ha is not None else alpha)
     fin = torch.isfinite(smax)
     assert torch.isinf(tau[~fin]).all()
     # p from the saved statistics reproduces the output's weights
@@ -140,16 +161,7 @@ def test_attention_forward(oracle, case):
     alpha_max = ha.max().item() if ha is not None else alpha
     u_tol = 2e-3 if alpha_max > 2 else max(tol, 1e-4)
     torch.testing.assert_close(out.double() + u_shift.double(), u_expected, rtol=u_tol, atol=u_tol)
-    # the table bounds max (s - row_max) over each tile from above, or is -inf on a tile with no
-    # p > 0; the tiles the backward finds live are exactly those with some p > 0
-    rel = torch.nn.functional.pad(s - torch.where(fin, smax, 0).unsqueeze(-1),
-                                  (0, -s.shape[-1] % TILE, 0, -s.shape[-2] % TILE), value=-math.inf)
-    exact = rel.unflatten(-2, (-1, TILE)).unflatten(-1, (-1, TILE)).amax((-3, -1))
-    p_tiles = torch.nn.functional.pad(p, (0, -p.shape[-1] % TILE, 0, -p.shape[-2] % TILE))
-    has_p = p_tiles.unflatten(-2, (-1, TILE)).unflatten(-1, (-1, TILE)).amax((-3, -1)) > 0
-    assert (tile_max.double() >= exact - 1e-5)[has_p].all()
-    live = attention_bwd.live_blocks(tau, tile_max, alpha, ha, TILE, TILE)
-    assert torch.equal(live, has_p)
+    live = _assert_tile_table(s, smax, p, tau, tile_max, alpha, ha)
     # the backward's lists of live tiles, per query block of one and two tiles and per key tile
     for block_m in (TILE, 2 * TILE):
         k_list, k_count, q_list, q_count = attention_bwd.live_lists(tau, tile_max, alpha, ha, block_m)
@@ -451,10 +463,15 @@ def test_attention_threshold_newton_ends_at_rounding_level(oracle, alpha):
 
 @pytest.mark.parametrize("block_m", [64, 128])
 def test_attention_forward_block_sizes(oracle, block_m, monkeypatch):
-    """Both query-block sizes of the sparse kernel give the same attention."""
+    """Both query-block sizes of the sparse kernel give the same attention, and a tile table per
+    64-row slice (two slices per block of 128)."""
     monkeypatch.setattr(attention_fwd, "SPARSE_BLOCK_M", block_m)
-    _, (out, *_), expected = _run_forward(oracle, Nq=200, Nk=200, causal=True, scale=2.0)
+    args, (out, tau, _, tile_max, *_), expected = _run_forward(oracle, Nq=200, Nk=200, causal=True,
+                                                               scale=2.0)
     torch.testing.assert_close(out.double(), expected, rtol=2e-5, atol=2e-5)
+    q, k, v, m, causal, sm_scale, alpha, ha = args
+    s, smax, p, _ = _scores_and_weights(oracle, q, k, m, causal, sm_scale, alpha, ha)
+    _assert_tile_table(s, smax, p, tau, tile_max, alpha, ha)
 
 
 BACKWARD_CASES = {
