@@ -28,7 +28,7 @@ import triton.language as tl
 from .attention_fwd import LIST_CHUNK, TILE, _append, _interior_tiles, dot_precision, mask_4d
 from .entmax_rows import alpha_mode
 from .threshold import p_and_u
-from .tiles import load_tile, mask_tile, shift_scores, shifted_scores
+from .tiles import load_tile, pointer_mask_tile, shift_scores, shifted_scores
 
 
 @triton.jit
@@ -137,8 +137,8 @@ def adasplash_attention_bwd_dq(
         for j in range(n_int if edge else 0, n_live if edge else n_int):
             offs_n = tl.load(KList + j) * BLOCK_N + offs_b
             kb = load_tile(K + k_base, offs_n, offs_d, stride_kn, stride_kd, Nk, D)
-            mt = mask_tile(Mask, Mask, mask_base, 0, 0, 0, 0, offs_m, offs_n, stride_mm, stride_mn,
-                           Nq, Nk, MASK_KIND, 0)
+            mt = pointer_mask_tile(Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                                   MASK_KIND)
             x = shift_scores(tl.dot(q, tl.trans(kb), input_precision=PRECISION), mt, offs_m,
                              offs_n, Nq, Nk, scale, am1, m, t, IS_CAUSAL, MASK_KIND, edge == 1)
             p, u = p_and_u(x, k, ALPHA_MODE)
@@ -165,8 +165,8 @@ def _delta_pass(q, do, K, V, Mask, KList, n_live, k_base, v_base, mask_base, off
     for j in range(0, n_live):
         offs_n = tl.load(KList + j) * BLOCK_N + offs_b
         kt = load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk)
-        mt = mask_tile(Mask, Mask, mask_base, 0, 0, 0, 0, offs_m, offs_n, stride_mm, stride_mn, Nq,
-                       Nk, MASK_KIND, 0)
+        mt = pointer_mask_tile(Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                               MASK_KIND)
         x = shifted_scores(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, am1, m, t, IS_CAUSAL,
                            MASK_KIND, PRECISION, True)
         p, u = p_and_u(x, k, ALPHA_MODE)
@@ -233,8 +233,8 @@ def adasplash_attention_bwd_dkdv(
         do = load_tile(DO + o_base, offs_m, offs_dv, stride_om, stride_od, Nq, DV)
         m, t = _row_stats(RowMax, Tau, rows, offs_m < Nq)
         delta = tl.load(Delta + rows, mask=offs_m < Nq, other=0.0)
-        mt = mask_tile(Mask, Mask, mask_base, 0, 0, 0, 0, offs_m, offs_n, stride_mm, stride_mn, Nq,
-                       Nk, MASK_KIND, 0)
+        mt = pointer_mask_tile(Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                               MASK_KIND)
         x = shift_scores(tl.dot(q, kt, input_precision=PRECISION), mt, offs_m, offs_n, Nq, Nk,
                          scale, am1, m, t, IS_CAUSAL, MASK_KIND, True)
         p, u = p_and_u(x, k, ALPHA_MODE)

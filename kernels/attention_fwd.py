@@ -52,8 +52,8 @@ import triton.language as tl
 from .entmax_rows import alpha_mode
 from .histogram import BINS, histogram_start, histogram_update
 from .threshold import p_and_u, threshold_terms, threshold_step
-from .tiles import (key_tile, load_tile, mask_scores, mask_tile, score_tile, shifted_scores,
-                    value_tile)
+from .tiles import (key_tile, load_tile, mask_scores, mask_tile, pointer_mask_tile, score_tile,
+                    shifted_scores, value_tile)
 
 TILE = 64
 MAX_STEPS = 32
@@ -285,8 +285,8 @@ def adasplash_attention_max(
     # first block does not hold, so that r, set after that block, covers them all (REF_TILES)
     for kt in range(tl.maximum(n_kt - REF_TILES, 0), (n_kb - 1) * T):
         offs_n = kt * 64 + tl.arange(0, 64)
-        mt = mask_tile(Mask, MDesc, mask_base, mb, mh, 0, 0, offs_m, offs_n, stride_mm, stride_mn,
-                       Nq, Nk, MASK_KIND, 0)  # (a tile apart: pointers)
+        mt = pointer_mask_tile(Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                               MASK_KIND)
         s = score_tile(q, load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk), mt,
                        offs_m, offs_n, Nq, Nk, scale, IS_CAUSAL, MASK_KIND, PRECISION, True)
         m = tl.maximum(m, tl.max(s, 1))

@@ -32,6 +32,14 @@ def mask_tile(Mask, MDesc, mask_base, mb, mh, m0, n0, offs_m, offs_n, stride_mm,
 
 
 @triton.jit
+def pointer_mask_tile(Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
+                      MASK_KIND: tl.constexpr):
+    """``mask_tile`` by pointers alone (no descriptor), for a tile loaded apart."""
+    return mask_tile(Mask, Mask, mask_base, 0, 0, 0, 0, offs_m, offs_n, stride_mm, stride_mn, Nq,
+                     Nk, MASK_KIND, 0)
+
+
+@triton.jit
 def mask_scores(s, mt, offs_m, offs_n, Nq, Nk, IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
                 BOUNDS: tl.constexpr):
     """Add a float mask tile mt (``mask_tile``) to the (query x key) scores s and set -inf where a
