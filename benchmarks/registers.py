@@ -13,6 +13,7 @@ installed Triton and its ptxas, which may differ from a GPU machine's.
     python -m benchmarks.registers                                # bfloat16 and float32, D = 128
     python -m benchmarks.registers --dtype bfloat16 --head-dim 64
     python -m benchmarks.registers --mask bool --forward-only     # with a (seq x seq) bool mask
+    python -m benchmarks.registers --seq 8192 --forward-only      # the sweep for long keys
 """
 
 from __future__ import annotations

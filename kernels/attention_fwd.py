@@ -77,6 +77,12 @@ DENSE_BLOCK_M = 128
 # shared memory at D = 128, more than a Hopper card's 227 KiB, and spills).
 DENSE_KEY_TILES = 4
 DENSE_KEY_TILES_NARROW = 2
+# Up to SHORT_SWEEP_KEYS keys the 16-bit sweep without a mask also steps 2 tiles, in 2 pipeline
+# stages: compiled for sm_90 it then takes 106 registers and 97 KiB of shared memory (223
+# registers and 227 KiB in 4-tile steps), so two programs share an SM and one's first loads and
+# last stores overlap the other's steps, which weigh more where rows are short. On an H200 (B = 4, H = 16, N = 4k,
+# D = 128, bf16, causal) the sweep took 0.325 -> 0.289 ms; at N = 16k (B = 1) 0.948 -> 0.955.
+SHORT_SWEEP_KEYS = 4096
 # The row table's reference r is the row max over the last REF_TILES admissible key tiles, the
 # first the sweep visits. The sweep's first block can hold fewer (2 of 4 tiles for every other
 # 128-row block of a causal mask: the diagonal ones, of which a block's first rows see few
@@ -210,11 +216,16 @@ def _max_block(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, o
     first block (-inf for a row that had no admissible key in it: then the running max after
     this block): fixed, so that the readers take its distance to the final m off (the running
     max itself, rising after the first tiles are coded, would make their entries useless as
-    values of z). MAX_THEN_SCALE (scale > 0, no float mask, no histogram): the tile maxima are
-    taken of q k^T and then scaled, one product per row and tile instead of one per score; the
-    same values, as rounding a product by scale > 0 is monotone in the other factor. (On an
-    H100, N = 16k, H = 16, D = 128, bf16, causal: the sweep took 1.11-1.13 -> 1.06-1.07 ms, its
-    loop 529 -> 375 instructions.)"""
+    values of z). MAX_THEN_SCALE (scale > 0, no float mask, no histogram): m, r and the tile
+    maxima are those of q k^T, unscaled (the caller scales m and r at the end), and the codes
+    take (tile max - r) scale, one product per row and tile instead of one per score; the same
+    values up to rounding, as rounding a product by scale > 0 is monotone in the other factor.
+    (On an H100, N = 16k, H = 16, D = 128, bf16, causal: the sweep took 1.11-1.13 -> 1.06-1.07
+    ms, its loop 529 -> 375 instructions.) No product then feeds a subtraction, which the
+    compiler may fuse into one rounding: compiled so (2-tile steps, sm_90), tile max scale - r
+    came out below 0 on rows' max tiles, whose code dropped to 0, the table's start and the
+    first pass's lists lower; the threshold kernel took 5-14% longer at block sparsity 0.5 (H200,
+    N = 4k and 16k)."""
     offs_n = kb * 64 * T + tl.arange(0, 64 * T)
     kt = key_tile(K, KDesc, k_base, b, hk, kb * 64 * T, offs_n, offs_d, stride_kn, stride_kd, Nk,
                   D, KEY_TMA)
@@ -223,7 +234,7 @@ def _max_block(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, o
     if MAX_THEN_SCALE:
         qk = mask_scores(tl.dot(q, kt, input_precision=PRECISION), mt, offs_m, offs_n, Nq, Nk,
                          IS_CAUSAL, MASK_KIND, BOUNDS)
-        tile_max = tl.max(tl.reshape(qk, (R * 64, T, 64)), 2) * scale
+        tile_max = tl.max(tl.reshape(qk, (R * 64, T, 64)), 2)
     else:
         s = tl.reshape(score_tile(q, kt, mt, offs_m, offs_n, Nq, Nk, scale, IS_CAUSAL, MASK_KIND,
                                   PRECISION, BOUNDS), (R * 64, T, 64))
@@ -236,6 +247,8 @@ def _max_block(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, m0, o
     kt = kb * T + tl.arange(0, T)
     # (r = -inf only on rows whose tile maxima are all -inf)
     rel_ref = tile_max - tl.where(ref == float("-inf"), 0.0, ref)[:, None]
+    if MAX_THEN_SCALE:
+        rel_ref = rel_ref * scale
     tl.store(_row_entries(rt_base, offs_m, kt, Nq), _row_code(rel_ref, am1),
              mask=(offs_m < Nq)[:, None] & (kt < n_tiles_n)[None, :])
     return m, ref, lo, hi, top
@@ -282,13 +295,15 @@ def adasplash_attention_max(
     hi = tl.zeros([BLOCK_M], tl.int64)
     top = tl.full([BLOCK_M], float("-inf"), tl.float32)
     # m starts at the max over those of the last REF_TILES admissible key tiles that the sweep's
-    # first block does not hold, so that r, set after that block, covers them all (REF_TILES)
+    # first block does not hold, so that r, set after that block, covers them all (REF_TILES);
+    # m and r of q k^T if MAX_THEN_SCALE (``_max_block``)
+    unit = 1.0 if MAX_THEN_SCALE else scale
     for kt in range(tl.maximum(n_kt - REF_TILES, 0), (n_kb - 1) * T):
         offs_n = kt * 64 + tl.arange(0, 64)
         mt = pointer_mask_tile(Mask, mask_base, offs_m, offs_n, stride_mm, stride_mn, Nq, Nk,
                                MASK_KIND)
         s = score_tile(q, load_tile(K + k_base, offs_d, offs_n, stride_kd, stride_kn, D, Nk), mt,
-                       offs_m, offs_n, Nq, Nk, scale, IS_CAUSAL, MASK_KIND, PRECISION, True)
+                       offs_m, offs_n, Nq, Nk, unit, IS_CAUSAL, MASK_KIND, PRECISION, True)
         m = tl.maximum(m, tl.max(s, 1))
     for i in range(0, n_kb - n_free):
         m, ref, lo, hi, top = _max_block(
@@ -302,6 +317,9 @@ def adasplash_attention_max(
             n_free - 1 - i, offs_d, stride_kn, stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale,
             am1, m, ref, lo, hi, top, c, rt_base, n_tiles_n, IS_CAUSAL,
             MASK_KIND, MASK_TMA, PRECISION, False, HISTOGRAM, KEY_TMA, MAX_THEN_SCALE, R, T)
+    if MAX_THEN_SCALE:
+        m = m * scale
+        ref = ref * scale
     rows = bh.to(tl.int64) * Nq + offs_m
     tl.store(RowMax + rows, m, mask=offs_m < Nq)
     tl.store(RowRef + tl.program_id(1).to(tl.int64) * Nq + offs_m, ref, mask=offs_m < Nq)
@@ -855,15 +873,16 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     row_ref = torch.empty((heads, Nq), **f32)
     live_list = torch.empty((heads * n_mb * 2 * n_tn,), dtype=torch.int32, device=q.device)
     n_cand = torch.empty((heads * n_mb,), dtype=torch.int32, device=q.device)
-    sweep_tiles = 1 if wide else DENSE_KEY_TILES_NARROW if narrow else DENSE_KEY_TILES
-    # the passes of 16-bit inputs load their key and value tiles, and the 4-tile sweep (16-bit
-    # inputs, no mask) its key blocks, through descriptors where k and v allow (KEY_TMA,
+    short = Nk <= SHORT_SWEEP_KEYS
+    sweep_tiles = 1 if wide else DENSE_KEY_TILES_NARROW if narrow or short else DENSE_KEY_TILES
+    # the passes of 16-bit inputs load their key and value tiles, and the sweep of 16-bit inputs
+    # without a mask its key blocks, through descriptors where k and v allow (KEY_TMA,
     # VALUE_TMA; PASS_TMA_DTYPES)
     pass_tma = direct_launch and q.dtype in PASS_TMA_DTYPES
     k_tiles = tile_descriptor(k, TILE, block_d) if pass_tma else None
     v_tiles = tile_descriptor(v, TILE, block_dv) if pass_tma else None
     k_desc = (tile_descriptor(k, 64 * sweep_tiles, block_d)
-              if k_tiles is not None and sweep_tiles == DENSE_KEY_TILES else None)
+              if k_tiles is not None and not (wide or narrow) else None)
     threshold_options = (dict(sparse, num_stages=THRESHOLD_TMA_STAGES)
                          if k_tiles is not None and not wide else sparse)
     # mask blocks and tiles through descriptors where the mask allows (eager calls)
@@ -880,7 +899,8 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
             T=sweep_tiles, HISTOGRAM=histogram, KEY_TMA=k_desc is not None,
             MAX_THEN_SCALE=scale > 0 and mask_kind != 2 and not histogram,
             MASK_TMA=sweep_mask_tma, **common,
-            num_warps=8 if dense_m == 128 else 4, num_stages=1 if wide else 2 if narrow else 3,
+            num_warps=8 if dense_m == 128 else 4,
+            num_stages=1 if wide else 2 if narrow or short else 3,
         )
         launch(adasplash_attention_threshold)[(n_mb, group)](
             q, k, k if k_tiles is None else k_tiles, mask, mask if m_tiles is None else m_tiles,

@@ -14,6 +14,7 @@ Oracles (all float64, dense, small sizes only):
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import zlib
@@ -113,6 +114,25 @@ def dense_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, alpha=
     else:
         p = normalize(s, alpha)
     return p @ v
+
+
+@pytest.fixture
+def sweep_outputs():
+    """A launch wrapper for the launch helpers of ``kernels`` (``launch``) that runs each kernel
+    and keeps the dense sweep's row table and reference (``kept``: "table", "ref")."""
+    kept = {}
+
+    def launch(kernel):
+        class Grid:
+            def __getitem__(self, grid):
+                def call(*args, **kwargs):
+                    kernel[grid](*args, **kwargs)
+                    if kernel.fn.__name__ == "adasplash_attention_max":
+                        bound = dict(zip(inspect.signature(kernel.fn).parameters, args))
+                        kept.update(table=bound["RowTable"].clone(), ref=bound["RowRef"].clone())
+                return call
+        return Grid()
+    return SimpleNamespace(launch=launch, kept=kept)
 
 
 @pytest.fixture

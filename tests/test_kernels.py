@@ -85,7 +85,7 @@ FORWARD_CASES = {
                                     sm_scale=-0.3),
     "one query": dict(Nq=1, Nk=77),
     "float16": dict(dtype=torch.float16, causal=True),
-    # 4 key tiles per sweep step: blocks whose first step holds 2 admissible tiles
+    # 2 key tiles per sweep step (4 beyond SHORT_SWEEP_KEYS: test_attention_sweep_steps)
     "float16, 600 keys": dict(dtype=torch.float16, causal=True, Nq=600, Nk=600),
     # dP = dO v^T then has a large common part, which dS = u (dP - delta) cancels
     "float16, values with a common offset": dict(dtype=torch.float16, causal=True, scale=2.0,
@@ -459,6 +459,34 @@ def test_attention_threshold_newton_ends_at_rounding_level(oracle, alpha):
     torch.testing.assert_close(out.double(), expected, rtol=2e-5, atol=2e-5)
     passes = stats.reshape(-1, 4)[:, 0]
     assert passes.max().item() <= 7, passes.tolist()
+
+
+@pytest.mark.parametrize("short_keys", [0, 4096], ids=["4-tile steps", "2-tile steps"])
+def test_attention_sweep_steps(oracle, sweep_outputs, short_keys, monkeypatch):
+    """The sweep in steps of 4 key tiles (keys beyond SHORT_SWEEP_KEYS; blocks whose first step
+    holds 2 admissible tiles) and of 2: the oracle's attention, and a row table whose code c of a
+    row and tile bounds y = (alpha - 1)(max over the tile of s - r) as (c - 1) / 127 <= y < c / 127,
+    r the row's reference. A row whose max lies in its reference tiles (m = r) has y = 0 on its
+    max tile, code 1: a product and subtraction fused into one rounding once gave 0 there."""
+    monkeypatch.setattr(attention_fwd, "SHORT_SWEEP_KEYS", short_keys)
+    q, k, v = _qkv(Hq=2, Hkv=1, Nq=600, Nk=600, dtype=torch.float16)
+    out, _, row_max, *_ = attention_fwd.attention_forward(q, k, v, None, True, None, 1.5,
+                                                          launch=sweep_outputs.launch)
+    captured = sweep_outputs.kept
+    torch.testing.assert_close(out.double(), oracle.attention(q, k, v, None, True, None, 1.5),
+                               rtol=2e-3, atol=2e-3)
+    s = oracle.scores(q.double(), k.double().repeat_interleave(2, 1), None, True)[0]
+    s = torch.nn.functional.pad(s, (0, -s.shape[-1] % TILE), value=-math.inf)
+    ref = captured["ref"].double()  # (heads, Nq)
+    y = 0.5 * (s.unflatten(-1, (-1, TILE)).amax(-1) - ref.unsqueeze(-1))  # (heads, Nq, tiles)
+    code = captured["table"].transpose(1, 2).double()
+    seen = (y >= -1 + 1e-3) & (y < 126 / 127 - 1e-3)  # (else the codes saturate)
+    assert seen.float().mean() > 0.05
+    assert ((code - 1) / 127 <= y + 1e-4)[seen].all() and (y < code / 127 + 1e-4)[seen].all()
+    top = row_max[0].double() == ref
+    assert top.float().mean() > 0.5
+    # (entries of tiles past a block's last admissible one are not written)
+    assert (code.masked_fill(y == -math.inf, -128).amax(-1)[top] == 1).all()
 
 
 @pytest.mark.parametrize("block_m", [64, 128])

@@ -57,6 +57,26 @@ CASES = {  # B, Hq, Hkv, N, D, causal, dtype, alpha, locality, v_offset
 }
 
 
+@pytest.mark.parametrize("N", [4096, 8192], ids=["2-tile sweep steps", "4-tile sweep steps"])
+def test_sweep_codes_rows_max_tile_one(sweep_outputs, N):
+    """Compiled for the card, the dense sweep gives a row whose max lies in its reference tiles
+    (m = r) the code 1 on its max tile: y = (alpha - 1)(tile max - r) = 0 there. (Compiled with
+    the scaling of the tile max fused into the subtraction of r, y came out below 0 on such
+    tiles, the code 0, the row table's start lower and the threshold kernel 5-14% slower.)"""
+    from kernels import attention_fwd
+
+    assert (N <= attention_fwd.SHORT_SWEEP_KEYS) == (N == 4096)
+    q, k, v = _inputs(1, 2, 2, N, 128, torch.bfloat16, 1.0)
+    _, _, row_max, *_ = attention_fwd.attention_forward(q, k, v, None, True, None, 1.5,
+                                                        launch=sweep_outputs.launch)
+    table, ref = sweep_outputs.kept["table"], sweep_outputs.kept["ref"]  # (heads, tiles, N)
+    written = torch.arange(table.shape[1], device="cuda")[:, None] <= torch.arange(N, device="cuda") // 64
+    top = row_max[0] == ref
+    assert top.float().mean() > 0.5
+    codes = table.masked_fill(~written, -128).amax(1)
+    assert (codes[top] == 1).all(), codes[top].unique()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_attention_forward_backward(case):
     B, Hq, Hkv, N, D, causal, dtype, alpha, locality, v_offset = CASES[case]
