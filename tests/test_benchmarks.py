@@ -241,15 +241,16 @@ def test_masked_forward_fits_a_hopper_card(mask):
 
 
 def test_unmasked_forward_fits_a_hopper_card():
-    """Without a mask, bf16 and D = 128, the dense sweep takes 4 key tiles per step in 3 pipeline
-    stages, through the key descriptor in eager launches and pointers in Inductor's: the most
-    shared memory of any attention kernel, which must stay within the routing's SHARED_MEMORY
-    (at most a Hopper card's 227 KiB). The threshold kernel, capped at
-    THRESHOLD_REGISTERS, spills at most a few words (28 bytes with Triton 3.9's ptxas)."""
-    from kernels.attention_fwd import SHARED_MEMORY, THRESHOLD_REGISTERS
+    """Without a mask, bf16 and D = 128, beyond SHORT_SWEEP_KEYS keys, the dense sweep takes 4 key
+    tiles per step in 3 pipeline stages, through the key descriptor in eager launches and
+    pointers in Inductor's: the most shared memory of any attention kernel, which must stay
+    within the routing's SHARED_MEMORY (at most a Hopper card's 227 KiB). The threshold kernel,
+    capped at THRESHOLD_REGISTERS, spills at most a few words (28 bytes with Triton 3.9's ptxas)."""
+    from kernels.attention_fwd import SHARED_MEMORY, SHORT_SWEEP_KEYS, THRESHOLD_REGISTERS
 
     assert SHARED_MEMORY <= 227 * 1024
-    rows = _registers_rows("--dtype", "bfloat16", "--head-dim", "128", "--forward-only")
+    rows = _registers_rows("--dtype", "bfloat16", "--head-dim", "128", "--forward-only",
+                           "--seq", str(2 * SHORT_SWEEP_KEYS))
     sweeps = {row["flags"].split("KEY_TMA=")[1].split(",")[0]: row for row in rows
               if row["kernel"] == "attention_max"}  # eager launches (descriptor), and Inductor's
     assert sweeps.keys() == {"True", "False"}, sweeps
