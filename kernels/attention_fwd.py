@@ -80,8 +80,9 @@ DENSE_KEY_TILES_NARROW = 2
 # Up to SHORT_SWEEP_KEYS keys the 16-bit sweep without a mask also steps 2 tiles, in 2 pipeline
 # stages: compiled for sm_90 it then takes 106 registers and 97 KiB of shared memory (223
 # registers and 227 KiB in 4-tile steps), so two programs share an SM and one's first loads and
-# last stores overlap the other's steps, which weigh more where rows are short. On an H200 (B = 4, H = 16, N = 4k,
-# D = 128, bf16, causal) the sweep took 0.325 -> 0.289 ms; at N = 16k (B = 1) 0.948 -> 0.955.
+# last stores overlap the other's steps, which weigh more where rows are short. On an H200
+# (B = 4, H = 16, N = 4k, D = 128, bf16, causal) the sweep took 0.325 -> 0.289 ms; at N = 16k
+# (B = 1) 0.948 -> 0.955.
 SHORT_SWEEP_KEYS = 4096
 # The row table's reference r is the row max over the last REF_TILES admissible key tiles, the
 # first the sweep visits. The sweep's first block can hold fewer (2 of 4 tiles for every other

@@ -70,7 +70,8 @@ def test_sweep_codes_rows_max_tile_one(sweep_outputs, N):
     _, _, row_max, *_ = attention_fwd.attention_forward(q, k, v, None, True, None, 1.5,
                                                         launch=sweep_outputs.launch)
     table, ref = sweep_outputs.kept["table"], sweep_outputs.kept["ref"]  # (heads, tiles, N)
-    written = torch.arange(table.shape[1], device="cuda")[:, None] <= torch.arange(N, device="cuda") // 64
+    rows, tiles = torch.arange(N, device="cuda"), torch.arange(table.shape[1], device="cuda")
+    written = tiles[:, None] <= rows // 64
     top = row_max[0] == ref
     assert top.float().mean() > 0.5
     codes = table.masked_fill(~written, -128).amax(1)
