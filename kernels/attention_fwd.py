@@ -22,8 +22,8 @@ For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf
    16k the sweep took 1.07 -> 0.95 ms without it, its loop 375 -> 287 instructions, 10 -> 5
    barriers; listing the candidates from all key tiles instead of those the slice table let
    through cost 0.04 ms at block sparsity 0.90.) The passes start at the histogram's start, at
-   the threshold of the row's tile maxima (``_table_start``, a lower bound of tau: for blocks
-   with many candidates), or at -1 <= tau.
+   steps toward the threshold of the row's tile maxima (``_table_start``, for blocks with many
+   candidates), or at -1 <= tau.
    The proof's gap is cut at the largest bound of the tiles a pass skipped.
 3. ``adasplash_attention_out`` (sparse): visits the candidates live for tau:
    out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the
@@ -390,10 +390,13 @@ def _live_list(rt_base, offs_m, Nq, shift, Src, n_src, List, n_free, t, tm_ptrs,
 @triton.jit
 def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: tl.constexpr,
                  steps, CHUNK: tl.constexpr):
-    """A start for tau from the row table alone: the threshold of the row's tile maxima, each
-    taken at (c - 1) / CODE_UNIT - shift, at most the tile's largest z (up to `steps` updates
-    from -1). It is at most tau: a subset of a row's z, made smaller, has a smaller f. Only the
-    tiles of Src[:n_src] count, which must hold every tile with some z > -1."""
+    """A start for tau from the row table alone: up to `steps` updates from -1 toward the
+    threshold of the row's tile maxima, each taken at (c - 1) / CODE_UNIT - shift, at most the
+    tile's largest z. That threshold is at most tau (a subset of a row's z, made smaller, has a
+    smaller f), but a closed-form update may land above it, and above tau (about a fifth of the
+    rows at N = 16k in a float64 model of dense rows): the passes start anywhere, stepping down
+    from above tau. Only the tiles of Src[:n_src] count, which must hold every tile with some
+    z > -1."""
     t = tl.where(empty, float("inf"), -1.0)
     lo = t
     hi = tl.where(empty, float("inf"), 0.0)
