@@ -25,6 +25,11 @@ For a block of BLOCK_M query rows of one head, with s = scale q k^T + mask (-inf
    steps toward the threshold of the row's tile maxima (``_table_start``, for blocks with many
    candidates), or at -1 <= tau.
    The proof's gap is cut at the largest bound of the tiles a pass skipped.
+   For alpha 1.5 and 2 (no histogram) the start is a lower bound of tau (its last step a Newton
+   step) and the first pass lists every z above it (``listing.py``): a row whose lists hold them
+   all takes tau from them, with no further pass (on an H100, dense rows: 2.79 -> 1.21 passes per
+   query block at N = 4k, 2.51 -> 1.09 at 16k; the listing pass costs about 1.7 normal passes,
+   taking tau from the lists 0.07-0.16 ms per call).
 3. ``adasplash_attention_out`` (sparse): visits the candidates live for tau:
    out = sum_j p_j v_j / sum_j p_j, p = [z - tau]_+^(1/(alpha-1)) (the division is exact for the
    exact tau and absorbs rounding). For the backward it can also give u_shift = u_mean - out
@@ -45,18 +50,24 @@ tau is saved relative to (alpha - 1) m, with m: absolute values would round tau 
 No length is a compile-time constant: one compiled kernel serves every Nq, Nk.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from .entmax_rows import alpha_mode
 from .histogram import BINS, histogram_start, histogram_update
+from .listing import LIST_STRIDE, list_entries, resolve_lists
 from .threshold import p_and_u, threshold_terms, threshold_step
 from .tiles import (key_tile, load_tile, mask_scores, mask_tile, pointer_mask_tile, score_tile,
                     shifted_scores, value_tile)
 
 TILE = 64
 MAX_STEPS = 32
+RESOLVE_STEPS = 8  # threshold steps on a row's lists at most (``listing.resolve_lists``)
+# Triton's interpreter runs no inline assembly: there the lists are stored by ``tl.store``
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LIST_CHUNK = 128
 ROW_CHUNK = tl.constexpr(64)  # key tiles per step through the row table (128 spills the passes)
 # The row table's start for tau (``_table_start``), for query blocks with at least
@@ -389,14 +400,15 @@ def _live_list(rt_base, offs_m, Nq, shift, Src, n_src, List, n_free, t, tm_ptrs,
 
 @triton.jit
 def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: tl.constexpr,
-                 steps, CHUNK: tl.constexpr):
+                 steps, CHUNK: tl.constexpr, LOWER: tl.constexpr):
     """A start for tau from the row table alone: up to `steps` updates from -1 toward the
     threshold of the row's tile maxima, each taken at (c - 1) / CODE_UNIT - shift, at most the
     tile's largest z. That threshold is at most tau (a subset of a row's z, made smaller, has a
     smaller f), but a closed-form update may land above it, and above tau (about a fifth of the
     rows at N = 16k in a float64 model of dense rows): the passes start anywhere, stepping down
-    from above tau. Only the tiles of Src[:n_src] count, which must hold every tile with some
-    z > -1."""
+    from above tau. LOWER: the last update is a Newton step instead, which lands at or below
+    that threshold from either side (f is convex), so at or below tau. Only the tiles of
+    Src[:n_src] count, which must hold every tile with some z > -1."""
     t = tl.where(empty, float("inf"), -1.0)
     lo = t
     hi = tl.where(empty, float("inf"), 0.0)
@@ -419,6 +431,13 @@ def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: t
             s2 += tl.sum(c2, 1)
         t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, 0.0, prev, k,
                                                          ALPHA_MODE)
+        if LOWER:
+            # Newton: t + f / |f'|, f' = -k sum d^(k-1) (alpha 2: -count)
+            if ALPHA_MODE == 2:
+                newton = t + (s1 - 1.0) / tl.where(s2 > 0, s2, 1.0)
+            else:
+                newton = t + (s2 - 1.0) / tl.where(s1 > 0, k * s1, 1.0)
+            t_next = tl.where((step == steps - 1) & ~converged & (count > 0), newton, t_next)
         t = tl.where(done, t, t_next)
         done = done | converged
         step += 1
@@ -472,6 +491,7 @@ def _tile_threshold_stats(q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb
 @triton.jit
 def adasplash_attention_threshold(
     Q, K, KDesc, Mask, MDesc, HeadAlpha, RowMax, TileMax, RowTable, RowRef, List, Count, Tau, Stats,
+    Entries,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_mb, stride_mh, stride_mm, stride_mn,
@@ -481,7 +501,8 @@ def adasplash_attention_threshold(
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, HISTOGRAM: tl.constexpr,
     KEY_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, MAX_STEPS: tl.constexpr, LIST_CHUNK: tl.constexpr,
-    STATS: tl.constexpr,
+    STATS: tl.constexpr, LISTING: tl.constexpr, LIST_ASM: tl.constexpr,
+    RESOLVE_STEPS: tl.constexpr,
 ):
     """tau per row: threshold passes, each over the tiles that can hold some z > t. First the
     candidates, the tiles with some z > -1 (all that any t >= -1 needs), go to the first half of
@@ -552,8 +573,9 @@ def adasplash_attention_threshold(
         t = tl.where(empty, float("inf"), -1.0)
         if (n_cand >= TABLE_START_TILES) & (4 * n_cand >= n_kt):
             steps = tl.where(4 * n_cand >= 3 * n_kt, TABLE_STEPS, 1)
+            # (listing: a start at or below tau)
             t = _table_start(rt_base, offs_m, Nq, shift, Cand, n_cand, empty, k, ALPHA_MODE,
-                             steps, ROW_CHUNK)
+                             steps, ROW_CHUNK, LISTING)
         else:
             whole = True
         # read back: the lists' positions depend on t, and a helper's result counts for
@@ -567,6 +589,37 @@ def adasplash_attention_threshold(
     prev = tl.full([BLOCK_M], -1.0, tl.float32)
     done = empty
     step = 0
+    if LISTING:
+        # the first pass lists every z > t (``listing.py``); rows whose lists hold them all
+        # take tau from their lists, the others go on from t
+        if whole:  # (from t = -1: the candidates as listed)
+            n_live, n_int = n_cand, n_cand_int
+        else:
+            n_live, n_int, unseen = _live_list(rt_base, offs_m, Nq, shift, Cand, n_cand, List,
+                                               n_free, t, None, None, am1, 0, ROW_CHUNK)
+        tiles = Cand + tl.where(whole, 0, n_tiles_n)
+        entries = Entries + block * (BLOCK_M * 8 * LIST_STRIDE)
+        n_list = tl.zeros([BLOCK_M, 8], tl.int32)
+        for edge in tl.static_range(2):
+            for j in range(n_int if edge else 0, n_live if edge else n_int):
+                x = _tile_shifted_scores(
+                    q, K, KDesc, Mask, MDesc, k_base, b, hk, mask_base, mb, mh, pid_m * BLOCK_M,
+                    offs_m, tl.load(tiles + j) * 64, offs_t, offs_d, stride_kn,
+                    stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
+                    MASK_KIND, MASK_TMA, PRECISION, edge == 1, KEY_TMA)
+                n_list = list_entries(entries, x, n_list, LIST_ASM)
+        tl.debug_barrier()
+        t, done = resolve_lists(entries, n_list, t, k, ALPHA_MODE, RESOLVE_STEPS)
+        # read back (see the start above), done in the first slot of each row's lists
+        flags = entries + tl.arange(0, BLOCK_M) * (8 * LIST_STRIDE)
+        tl.debug_barrier()
+        tl.store(Tau + rows, t, mask=offs_m < Nq)
+        tl.store(flags, (done | empty).to(tl.float32))
+        tl.debug_barrier()
+        t = tl.load(Tau + rows, mask=offs_m < Nq, other=float("inf"))
+        done = tl.load(flags) != 0
+        whole = False
+        step = 1
     while (step < MAX_STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
         # converged rows keep their t and no longer need their tiles
         first = (step == 0) & whole
@@ -868,11 +921,16 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
     # the row table and the live lists are scratch, for a group of heads at a time: groups of
     # (first head, heads); with one group no size needs to be an integer (under torch.compile
     # they may be symbolic)
-    if B * Hq * Nq * n_tn <= ROW_TABLE_BYTES:
+    # the first threshold pass lists each row's entries above its start (``listing.py``) for the
+    # alphas with closed-form steps: LIST_STRIDE float32 entries per row and column class
+    listing = not histogram
+    list_bytes = n_mb * sparse_m * 8 * LIST_STRIDE.value * 4 if listing else 0
+    if B * Hq * (Nq * n_tn + list_bytes) <= ROW_TABLE_BYTES:
         heads, groups = B * Hq, [(0, B * Hq)]
     else:
-        heads = max(1, ROW_TABLE_BYTES // (Nq * n_tn))
+        heads = max(1, ROW_TABLE_BYTES // (Nq * n_tn + list_bytes))
         groups = [(bh0, min(heads, B * Hq - bh0)) for bh0 in range(0, B * Hq, heads)]
+    entries = torch.empty((heads * list_bytes // 4 if listing else 1,), **f32)
     row_table = torch.empty((heads, n_tn, Nq), dtype=torch.int8, device=q.device)
     row_ref = torch.empty((heads, Nq), **f32)
     live_list = torch.empty((heads * n_mb * 2 * n_tn,), dtype=torch.int32, device=q.device)
@@ -908,9 +966,11 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
         )
         launch(adasplash_attention_threshold)[(n_mb, group)](
             q, k, k if k_tiles is None else k_tiles, mask, mask if m_tiles is None else m_tiles,
-            ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, stat_buf,
+            ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, stat_buf, entries,
             *q.stride(), *k.stride(), *ms, Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale,
-            float(alpha), MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, KEY_TMA=k_tiles is not None,
+            float(alpha), MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, LISTING=listing,
+            RESOLVE_STEPS=RESOLVE_STEPS,
+            LIST_ASM=not _INTERPRETED, KEY_TMA=k_tiles is not None,
             MASK_TMA=pass_mask_tma, **threshold_options, **cap,
         )
         launch(adasplash_attention_out)[(n_mb, group)](

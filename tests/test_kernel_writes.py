@@ -88,7 +88,7 @@ PROBE = textwrap.dedent("""
 
 EXPECTED = {
     "adasplash_attention_max": ["RowMax", "RowRef", "RowTable", "Tau"],
-    "adasplash_attention_threshold": ["Count", "List", "Tau", "TileMax"],
+    "adasplash_attention_threshold": ["Count", "Entries", "List", "Tau", "TileMax"],
     "adasplash_attention_out": ["List", "Out", "TileMax", "UShift"],
     "adasplash_attention_bwd_key_lists": ["KCount", "KList", "Thr"],
     "adasplash_attention_bwd_query_lists": ["QCount", "QList"],

@@ -323,6 +323,25 @@ def test_attention_table_start(oracle, monkeypatch):
     assert (start > -0.99).double().mean() > 0.9
 
 
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_attention_listing_pass(oracle, alpha):
+    """The first threshold pass lists the z above each row's start (``kernels/listing.py``):
+    where every list holds them all, tau comes from the lists and the block takes that one pass;
+    the second block's rows (q = 0: equal scores, every key in the support) overflow their lists
+    and go on with passes. tau is the oracle's in both blocks."""
+    q, k, v = _qkv(Hq=2, Nq=128, Nk=1500)  # 24 key tiles, about 22 keys per row in the support
+    q[:, :, 64:] = 0
+    out = attention_fwd.attention_forward(q, k, v, None, False, None, alpha, stats=True)
+    tau, passes = out[1], out[5][..., 0]  # (B, Hq, Nq), (B, Hq, query blocks)
+    s = oracle.scores(q.double(), k.double().repeat_interleave(2, 1), None, False)
+    p = oracle.entmax(s, alpha)
+    # z - tau = p^(alpha - 1) at the max, where z = 0
+    exact = -p.amax(-1) ** (alpha - 1)
+    torch.testing.assert_close(tau.double(), exact, rtol=0, atol=1e-5)
+    assert (passes[..., 0] == 1).all(), passes
+    assert (passes[..., 1] > 1).all(), passes
+
+
 def _sweep_only(kernel):
     """A launch wrapper that runs the dense sweep and skips the other forward kernels."""
     if kernel is attention_fwd.adasplash_attention_max:

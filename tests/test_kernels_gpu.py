@@ -78,6 +78,23 @@ def test_sweep_codes_rows_max_tile_one(sweep_outputs, N):
     assert (codes[top] == 1).all(), codes[top].unique()
 
 
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+@pytest.mark.parametrize("locality", [0.0, 3.0], ids=["dense rows", "local rows"])
+def test_listing_pass_gives_tau(alpha, locality):
+    """Compiled for the card (the listed entries stored by inline assembly in the accumulator's
+    layout), the threshold kernel's listing pass gives every row the reference's tau, and most
+    query blocks need no further pass: the lists held every entry above the start."""
+    from kernels import attention_fwd
+
+    q, k, v = _inputs(1, 2, 2, 4096, 128, torch.bfloat16, locality)
+    out = attention_fwd.attention_forward(q, k, v, None, True, None, alpha, stats=True)
+    tau, passes = out[1], out[5][..., 0]
+    r_tau = reference.attention_forward(q.double(), k.double(), v.double(), None, 0.0, True, None,
+                                        alpha)[1]
+    torch.testing.assert_close(tau.double(), r_tau, rtol=0, atol=1e-4)
+    assert (passes == 1).double().mean() > 0.5, passes.mean()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_attention_forward_backward(case):
     B, Hq, Hkv, N, D, causal, dtype, alpha, locality, v_offset = CASES[case]
