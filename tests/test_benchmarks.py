@@ -245,7 +245,9 @@ def test_unmasked_forward_fits_a_hopper_card():
     tiles per step in 3 pipeline stages, through the key descriptor in eager launches and
     pointers in Inductor's: the most shared memory of any attention kernel, which must stay
     within the routing's SHARED_MEMORY (at most a Hopper card's 227 KiB). The threshold kernel,
-    capped at THRESHOLD_REGISTERS, spills at most a few words (28 bytes with Triton 3.9's ptxas)."""
+    capped at THRESHOLD_REGISTERS, spills at most a few dozen words: 28 bytes with Triton 3.9's
+    ptxas before the listing pass; with it 184 stored and 220 loaded (Triton 3.6's, on the GPU
+    where the kernel was timed faster than before: 148 and 148)."""
     from kernels.attention_fwd import SHARED_MEMORY, SHORT_SWEEP_KEYS, THRESHOLD_REGISTERS
 
     assert SHARED_MEMORY <= 227 * 1024
@@ -262,7 +264,7 @@ def test_unmasked_forward_fits_a_hopper_card():
     assert thresholds.keys() == {str(THRESHOLD_REGISTERS), "none"}, thresholds
     threshold = thresholds[str(THRESHOLD_REGISTERS)]
     assert int(threshold["registers"]) <= THRESHOLD_REGISTERS, threshold
-    assert int(threshold["spill stores B"]) <= 64 and int(threshold["spill loads B"]) <= 64
+    assert int(threshold["spill stores B"]) <= 256 and int(threshold["spill loads B"]) <= 256
 
 
 def test_kernel_times_settings_reach_one_kernel():
