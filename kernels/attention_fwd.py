@@ -66,7 +66,8 @@ from .tiles import (key_tile, load_tile, mask_scores, mask_tile, pointer_mask_ti
 TILE = 64
 MAX_STEPS = 32
 RESOLVE_STEPS = 8  # threshold steps on a row's lists at most (``listing.resolve_lists``)
-# Triton's interpreter runs no inline assembly: there the lists are stored by ``tl.store``
+# Triton's interpreter runs no inline assembly: there the lists are stored by ``tl.store`` (and
+# their rows summed without a combined reduction, which it runs entry by entry)
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LIST_CHUNK = 128
 ROW_CHUNK = tl.constexpr(64)  # key tiles per step through the row table (128 spills the passes)
@@ -609,7 +610,7 @@ def adasplash_attention_threshold(
                     MASK_KIND, MASK_TMA, PRECISION, edge == 1, KEY_TMA)
                 n_list = list_entries(entries, x, n_list, LIST_ASM)
         tl.debug_barrier()
-        t, done = resolve_lists(entries, n_list, t, k, ALPHA_MODE, RESOLVE_STEPS)
+        t, done = resolve_lists(entries, n_list, t, k, ALPHA_MODE, RESOLVE_STEPS, LIST_ASM)
         # read back (see the start above), done in the first slot of each row's lists
         flags = entries + tl.arange(0, BLOCK_M) * (8 * LIST_STRIDE)
         tl.debug_barrier()
