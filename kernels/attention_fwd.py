@@ -50,8 +50,6 @@ tau is saved relative to (alpha - 1) m, with m: absolute values would round tau 
 No length is a compile-time constant: one compiled kernel serves every Nq, Nk.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -66,9 +64,6 @@ from .tiles import (key_tile, load_tile, mask_scores, mask_tile, pointer_mask_ti
 TILE = 64
 MAX_STEPS = 32
 RESOLVE_STEPS = 8  # threshold steps on a row's lists at most (``listing.resolve_lists``)
-# Triton's interpreter runs no inline assembly: there the lists are stored by ``tl.store`` (and
-# their rows summed without a combined reduction, which it runs entry by entry)
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LIST_CHUNK = 128
 ROW_CHUNK = tl.constexpr(64)  # key tiles per step through the row table (128 spills the passes)
 # The row table's start for tau (``_table_start``), for query blocks with at least
@@ -502,8 +497,7 @@ def adasplash_attention_threshold(
     HEAD_ALPHA: tl.constexpr, PRECISION: tl.constexpr, HISTOGRAM: tl.constexpr,
     KEY_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, MAX_STEPS: tl.constexpr, LIST_CHUNK: tl.constexpr,
-    STATS: tl.constexpr, LISTING: tl.constexpr, LIST_ASM: tl.constexpr,
-    RESOLVE_STEPS: tl.constexpr,
+    STATS: tl.constexpr, LISTING: tl.constexpr, RESOLVE_STEPS: tl.constexpr,
 ):
     """tau per row: threshold passes, each over the tiles that can hold some z > t. First the
     candidates, the tiles with some z > -1 (all that any t >= -1 needs), go to the first half of
@@ -608,9 +602,9 @@ def adasplash_attention_threshold(
                     offs_m, tl.load(tiles + j) * 64, offs_t, offs_d, stride_kn,
                     stride_kd, stride_mm, stride_mn, Nq, Nk, D, scale, am1, m, t, IS_CAUSAL,
                     MASK_KIND, MASK_TMA, PRECISION, edge == 1, KEY_TMA)
-                n_list = list_entries(entries, x, n_list, LIST_ASM)
+                n_list = list_entries(entries, x, n_list)
         tl.debug_barrier()
-        t, done = resolve_lists(entries, n_list, t, k, ALPHA_MODE, RESOLVE_STEPS, LIST_ASM)
+        t, done = resolve_lists(entries, n_list, t, k, ALPHA_MODE, RESOLVE_STEPS)
         # read back (see the start above), done in the first slot of each row's lists
         flags = entries + tl.arange(0, BLOCK_M) * (8 * LIST_STRIDE)
         tl.debug_barrier()
@@ -970,8 +964,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
             ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, stat_buf, entries,
             *q.stride(), *k.stride(), *ms, Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale,
             float(alpha), MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, LISTING=listing,
-            RESOLVE_STEPS=RESOLVE_STEPS,
-            LIST_ASM=not _INTERPRETED, KEY_TMA=k_tiles is not None,
+            RESOLVE_STEPS=RESOLVE_STEPS, KEY_TMA=k_tiles is not None,
             MASK_TMA=pass_mask_tma, **threshold_options, **cap,
         )
         launch(adasplash_attention_out)[(n_mb, group)](

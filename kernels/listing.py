@@ -17,7 +17,7 @@ scores have; Triton's interpreter runs no assembly, and there ``tl.store`` store
 import triton
 import triton.language as tl
 
-from .threshold import threshold_stats, threshold_step, threshold_terms
+from .threshold import INTERPRETED, threshold_stats, threshold_step
 
 LIST_SLOTS = tl.constexpr(16)
 # Slots per list in memory: a tile adds at most 8 entries to a list, from at most slot
@@ -42,7 +42,7 @@ def _store_listed(at, offset, x):
 
 
 @triton.jit
-def list_entries(Lists, x, n_list, ASM: tl.constexpr):
+def list_entries(Lists, x, n_list):
     """Append the entries x > 0 of a (rows x 64) tile to the rows' lists at Lists (row-major
     (rows, 8, LIST_STRIDE)), n_list (rows x 8) long so far; returns their new lengths (counting
     those past LIST_SLOTS, which are not kept)."""
@@ -58,14 +58,14 @@ def list_entries(Lists, x, n_list, ASM: tl.constexpr):
     # a live entry at g goes to slot (slot before the tile) + (live entries up to g) - 1
     first = (tl.arange(0, rows)[:, None] * 8 + tl.arange(0, 8)[None, :]) * LIST_STRIDE
     first += tl.minimum(n_list, LIST_SLOTS) - 1
-    if ASM:
+    if INTERPRETED:
+        slot = ((upto[:, None, :] >> shift) & 15).to(tl.int32)
+        tl.store(Lists + first[:, None, :] + slot, xr, mask=xr > 0)
+    else:
         # (the count up to g as a byte offset: ((upto >> 4 g) & 15) * 4, in two operations)
         up = upto[:, None, :]
         offset = tl.where(shift == 0, up << 2, up >> tl.maximum(shift - 2, 0)) & 60
         count += tl.sum(_store_listed((Lists + first).to(tl.int64)[:, None, :], offset, xr), 1)
-    else:
-        slot = ((upto[:, None, :] >> shift) & 15).to(tl.int32)
-        tl.store(Lists + first[:, None, :] + slot, xr, mask=xr > 0)
     return n_list + count
 
 
@@ -81,25 +81,12 @@ def _load_slots(Lists, at, n_list, first):
 
 
 @triton.jit
-def _row_stats(x, k, ALPHA_MODE: tl.constexpr, FUSED: tl.constexpr):
-    """Per-row (count, s1, s2, gap) of the row tile x (``threshold_stats``); FUSED False: four
-    reductions instead of one (the interpreter runs a reduction with a combine function entry
-    by entry)."""
-    if FUSED:
-        return threshold_stats(x, ALPHA_MODE, k)
-    c0, c1, c2, c3 = threshold_terms(x, ALPHA_MODE, k)
-    return tl.sum(c0, 1), tl.sum(c1, 1), tl.sum(c2, 1), tl.min(c3, 1)
-
-
-@triton.jit
-def resolve_lists(Lists, n_list, t0, k, ALPHA_MODE: tl.constexpr, STEPS: tl.constexpr,
-                  FUSED: tl.constexpr):
+def resolve_lists(Lists, n_list, t0, k, ALPHA_MODE: tl.constexpr, STEPS: tl.constexpr):
     """tau per row from its lists of x = z - t0 > 0 (every z > t0 of the row, t0 <= tau):
     threshold steps on the listed z alone, as the passes take them (``threshold_step``), with
     every z not listed at most t0. The first 8 slots of each list stay in registers; the others
     are read at each step where some list of the block is longer. Returns (tau, solved); rows
-    not solved: a list overflowed, f(t0) < 0 (t0 above tau), or no proof within STEPS steps.
-    FUSED: the row sums in one reduction (compiled; see ``_row_stats``)."""
+    not solved: a list overflowed, f(t0) < 0 (t0 above tau), or no proof within STEPS steps."""
     tl.static_assert(LIST_SLOTS == 16)
     rows: tl.constexpr = n_list.shape[0]
     at = (tl.arange(0, rows)[:, None, None] * 8 + tl.arange(0, 8)[None, :, None]) * LIST_STRIDE
@@ -113,10 +100,10 @@ def resolve_lists(Lists, n_list, t0, k, ALPHA_MODE: tl.constexpr, STEPS: tl.cons
     solved = t0 == float("inf")
     step = 0
     while (step < STEPS) & (tl.min(done.to(tl.int32), 0) == 0):
-        count, s1, s2, gap = _row_stats(head - (t - t0)[:, None], k, ALPHA_MODE, FUSED)
+        count, s1, s2, gap = threshold_stats(head - (t - t0)[:, None], ALPHA_MODE, k)
         if longest > 8:
             tail = _load_slots(Lists, at, n_list, 8)
-            c0, c1, c2, c3 = _row_stats(tail - (t - t0)[:, None], k, ALPHA_MODE, FUSED)
+            c0, c1, c2, c3 = threshold_stats(tail - (t - t0)[:, None], ALPHA_MODE, k)
             count += c0
             s1 += c1
             s2 += c2

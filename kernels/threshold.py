@@ -18,8 +18,14 @@ maximum is <= t, whatever t is; gap is then cut at t minus the largest z it skip
 ALPHA_MODE: 1 -> alpha = 1.5, 2 -> alpha = 2, 0 -> any other alpha (Newton kept inside a bracket).
 """
 
+import os
+
 import triton
 import triton.language as tl
+
+# Kernels run by Triton's interpreter (no GPU): it runs no inline assembly, and a reduction with a
+# combine function entry by entry
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit
@@ -69,7 +75,9 @@ def _sums_and_min(c0, c1, c2, g, d0, d1, d2, h):
 @triton.jit
 def reduce_stats(c0, c1, c2, c3):
     """Row sums of c0, c1, c2 and row min of c3 (2-D), in one reduction: one exchange between
-    warps instead of four."""
+    warps instead of four (four reductions in the interpreter)."""
+    if INTERPRETED:
+        return tl.sum(c0, 1), tl.sum(c1, 1), tl.sum(c2, 1), tl.min(c3, 1)
     return tl.reduce((c0, c1, c2, c3), 1, _sums_and_min)
 
 
