@@ -57,7 +57,7 @@ import triton.language as tl
 from .entmax_rows import alpha_mode
 from .histogram import BINS, histogram_start, histogram_update
 from .listing import LIST_STRIDE, list_entries, resolve_lists
-from .threshold import p_and_u, threshold_terms, threshold_step
+from .threshold import entmax15_step, p_and_u, threshold_terms, threshold_step
 from .tiles import (key_tile, load_tile, mask_scores, mask_tile, pointer_mask_tile, score_tile,
                     shifted_scores, value_tile)
 
@@ -395,23 +395,21 @@ def _live_list(rt_base, offs_m, Nq, shift, Src, n_src, List, n_free, t, tm_ptrs,
 
 
 @triton.jit
-def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: tl.constexpr,
-                 steps, CHUNK: tl.constexpr, LOWER: tl.constexpr):
-    """A start for tau from the row table alone: up to `steps` updates from -1 toward the
-    threshold of the row's tile maxima, each taken at (c - 1) / CODE_UNIT - shift, at most the
-    tile's largest z. That threshold is at most tau (a subset of a row's z, made smaller, has a
-    smaller f), but a closed-form update may land above it, and above tau (about a fifth of the
-    rows at N = 16k in a float64 model of dense rows): the passes start anywhere, stepping down
-    from above tau. LOWER: the last update is a Newton step instead, which lands at or below
-    that threshold from either side (f is convex), so at or below tau. Only the tiles of
-    Src[:n_src] count, which must hold every tile with some z > -1."""
+def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, Scratch,
+                 ALPHA_MODE: tl.constexpr, steps, CHUNK: tl.constexpr):
+    """A start for tau at or below it, from the row table alone: `steps` updates from -1 toward
+    the threshold of the row's tile maxima, each taken at (c - 1) / CODE_UNIT - shift, at most
+    the tile's largest z. That threshold is at most tau (a subset of a row's z, made smaller,
+    has a smaller f). The last update is a Newton step, t + f / |f'|, which lands at or below it
+    from either side (f is convex); for alpha 1.5 the ones before it are the passes' closed-form
+    or model steps (``entmax15_step``), which may land above it. Only the tiles of Src[:n_src]
+    count, which must hold every tile with some z > -1. (No proofs or brackets here: each
+    thread holds 16 rows of the table's tiles, and ``threshold_step`` took a sixth of the
+    threshold kernel's time at N = 4k.)"""
+    tl.static_assert(ALPHA_MODE != 0, "the table's start is for alpha 1.5 and 2")
+    BLOCK_M: tl.constexpr = offs_m.shape[0]
     t = tl.where(empty, float("inf"), -1.0)
-    lo = t
-    hi = tl.where(empty, float("inf"), 0.0)
-    prev = tl.full(t.shape, -1.0, tl.float32)
-    done = empty
-    step = 0
-    while (step < steps) & (tl.min(done.to(tl.int32), 0) == 0):
+    for step in range(0, steps):
         # row sums per chunk: per-entry sums were 5% faster here, but their registers would
         # exceed the threshold kernel's cap (THRESHOLD_REGISTERS) and spill
         count = tl.zeros(t.shape, tl.float32)
@@ -425,18 +423,27 @@ def _table_start(rt_base, offs_m, Nq, shift, Src, n_src, empty, k, ALPHA_MODE: t
             count += tl.sum(c0, 1)
             s1 += tl.sum(c1, 1)
             s2 += tl.sum(c2, 1)
-        t_next, lo, hi, prev, converged = threshold_step(t, lo, hi, count, s1, s2, 0.0, prev, k,
-                                                         ALPHA_MODE)
-        if LOWER:
-            # Newton: t + f / |f'|, f' = -k sum d^(k-1) (alpha 2: -count)
-            if ALPHA_MODE == 2:
-                newton = t + (s1 - 1.0) / tl.where(s2 > 0, s2, 1.0)
-            else:
-                newton = t + (s2 - 1.0) / tl.where(s1 > 0, k * s1, 1.0)
-            t_next = tl.where((step == steps - 1) & ~converged & (count > 0), newton, t_next)
-        t = tl.where(done, t, t_next)
-        done = done | converged
-        step += 1
+        # the update with one row per thread: through Scratch (5 BLOCK_M float32), as a 1-D
+        # block of rows, and back
+        i = tl.arange(0, BLOCK_M)
+        tl.store(Scratch + i, count)
+        tl.store(Scratch + BLOCK_M + i, s1)
+        tl.store(Scratch + 2 * BLOCK_M + i, s2)
+        tl.store(Scratch + 3 * BLOCK_M + i, t)
+        tl.debug_barrier()
+        count = tl.load(Scratch + i)
+        s1 = tl.load(Scratch + BLOCK_M + i)
+        s2 = tl.load(Scratch + 2 * BLOCK_M + i)
+        t1 = tl.load(Scratch + 3 * BLOCK_M + i)
+        if ALPHA_MODE == 2:  # f = s1 - 1, f' = -count: the closed form is Newton's step
+            delta = (s1 - 1.0) / tl.where(count > 0, count, 1.0)
+        elif step < steps - 1:
+            delta, _ = entmax15_step(t1, count, s1, s2)
+        else:  # f = s2 - 1, f' = -2 s1 (s1 = sum d, s2 = sum d^2)
+            delta = (s2 - 1.0) / tl.where(s1 > 0, 2.0 * s1, 1.0)
+        tl.store(Scratch + 4 * BLOCK_M + i, tl.where(count > 0, t1 + delta, t1))
+        tl.debug_barrier()
+        t = tl.load(Scratch + 4 * BLOCK_M + i)
     return t
 
 
@@ -568,9 +575,10 @@ def adasplash_attention_threshold(
         t = tl.where(empty, float("inf"), -1.0)
         if (n_cand >= TABLE_START_TILES) & (4 * n_cand >= n_kt):
             steps = tl.where(4 * n_cand >= 3 * n_kt, TABLE_STEPS, 1)
-            # (listing: a start at or below tau)
-            t = _table_start(rt_base, offs_m, Nq, shift, Cand, n_cand, empty, k, ALPHA_MODE,
-                             steps, ROW_CHUNK, LISTING)
+            # (listing: a start at or below tau; the lists' scratch is free until the listing)
+            t = _table_start(rt_base, offs_m, Nq, shift, Cand, n_cand, empty, k,
+                             Entries + block * (BLOCK_M * 8 * LIST_STRIDE), ALPHA_MODE, steps,
+                             ROW_CHUNK)
         else:
             whole = True
         # read back: the lists' positions depend on t, and a helper's result counts for

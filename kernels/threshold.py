@@ -89,6 +89,23 @@ def threshold_stats(x, ALPHA_MODE: tl.constexpr, k):
 
 
 @triton.jit
+def entmax15_step(t, count, s1, s2):
+    """alpha = 1.5's update from the stats at t (``threshold_step``): returns (delta, closed),
+    closed where the closed form applies (else the model's step)."""
+    safe = tl.where(count > 0, count, 1.0)
+    disc = s1 * s1 - count * (s2 - 1.0)
+    closed = disc >= 0
+    s1_safe = tl.where(s1 > 0, s1, 1.0)
+    rho = count * s2 / (2.0 * s1_safe * s1_safe)
+    log_f = tl.log(tl.maximum(s2, 1.0))
+    g = 1.0 / tl.maximum(1.0 - rho, 1e-3)
+    model = tl.where(rho < 0.999, g * (1.0 - tl.exp(-log_f / g)), log_f) * s2 / (2.0 * s1_safe)
+    delta = tl.where(closed, (s1 - tl.sqrt(tl.maximum(disc, 0.0))) / safe,
+                     tl.minimum(model, -1.0 / tl.sqrt(safe) - t))
+    return delta, closed
+
+
+@triton.jit
 def threshold_step(t, lo, hi, count, s1, s2, gap, prev, k, ALPHA_MODE: tl.constexpr):
     """One update from the stats at t: returns (t, lo, hi, prev, converged) per row.
 
@@ -109,15 +126,7 @@ def threshold_step(t, lo, hi, count, s1, s2, gap, prev, k, ALPHA_MODE: tl.conste
     has = count > 0
     safe = tl.where(has, count, 1.0)
     if ALPHA_MODE == 1:
-        disc = s1 * s1 - count * (s2 - 1.0)
-        closed = disc >= 0
-        s1_safe = tl.where(s1 > 0, s1, 1.0)
-        rho = count * s2 / (2.0 * s1_safe * s1_safe)
-        log_f = tl.log(tl.maximum(s2, 1.0))
-        g = 1.0 / tl.maximum(1.0 - rho, 1e-3)
-        model = tl.where(rho < 0.999, g * (1.0 - tl.exp(-log_f / g)), log_f) * s2 / (2.0 * s1_safe)
-        delta = tl.where(closed, (s1 - tl.sqrt(tl.maximum(disc, 0.0))) / safe,
-                         tl.minimum(model, -1.0 / tl.sqrt(safe) - t))
+        delta, closed = entmax15_step(t, count, s1, s2)
         new_t = t + delta
         done = (count == prev) | (tl.abs(delta) <= 1e-7) | (closed & (tl.abs(delta) < gap))
         prev = tl.where(closed, count, -1.0)

@@ -308,16 +308,19 @@ def test_mask_descriptor_boxes_with_gqa_and_unequal_lengths(oracle, causal, Nq, 
         assert torch.equal(out, pointers)
 
 
-def test_attention_table_start(oracle, monkeypatch):
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_attention_table_start(oracle, monkeypatch, alpha):
     """With many candidate tiles per query block, the threshold passes start from the row table's
-    tile maxima: a lower bound of tau on every row (no pass run here), above -1 on most; the
-    passes from there end at the oracle's tau."""
+    tile maxima: a lower bound of tau on every row (no pass run here, none taking tau from the
+    lists), above -1 on most; the passes from there end at the oracle's tau."""
     q, k, v = _qkv(Hq=2, Nq=80, Nk=1500, scale=0.5)  # 24 key tiles, nearly all candidates
-    tau = attention_fwd.attention_forward(q, k, v, None, False, None, 1.5)[1]
+    tau = attention_fwd.attention_forward(q, k, v, None, False, None, alpha)[1]
     monkeypatch.setattr(attention_fwd, "MAX_STEPS", 0)
-    start = attention_fwd.attention_forward(q, k, v, None, False, None, 1.5)[1]
+    monkeypatch.setattr(attention_fwd, "RESOLVE_STEPS", 0)
+    start = attention_fwd.attention_forward(q, k, v, None, False, None, alpha)[1]
     s = oracle.scores(q.double(), k.double().repeat_interleave(2, 1), None, False)
-    exact = -oracle.entmax(s, 1.5).amax(-1) ** 0.5  # z - tau = p^(alpha - 1) at the max, z = 0
+    # z - tau = p^(alpha - 1) at the max, where z = 0
+    exact = -oracle.entmax(s, alpha).amax(-1) ** (alpha - 1)
     torch.testing.assert_close(tau.double(), exact, rtol=0, atol=1e-5)
     assert (start.double() <= exact + 1e-6).all()
     assert (start > -0.99).double().mean() > 0.9
