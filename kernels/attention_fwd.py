@@ -534,6 +534,8 @@ def adasplash_attention_threshold(
     block = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + pid_m
     Cand = List + block * 2 * n_tiles_n
     List = Cand + n_tiles_n
+    # the listing pass's lists (``listing.py``), and before them the table start's scratch
+    entries = Entries + block * (BLOCK_M * 8 * LIST_STRIDE)
     rows = bh.to(tl.int64) * Nq + offs_m
     m = tl.load(RowMax + rows, mask=offs_m < Nq, other=float("-inf"))
     # shift = (alpha - 1)(m - r) turns the row table's entries into bounds of z (0 on rows with
@@ -576,9 +578,8 @@ def adasplash_attention_threshold(
         if (n_cand >= TABLE_START_TILES) & (4 * n_cand >= n_kt):
             steps = tl.where(4 * n_cand >= 3 * n_kt, TABLE_STEPS, 1)
             # (listing: a start at or below tau; the lists' scratch is free until the listing)
-            t = _table_start(rt_base, offs_m, Nq, shift, Cand, n_cand, empty, k,
-                             Entries + block * (BLOCK_M * 8 * LIST_STRIDE), ALPHA_MODE, steps,
-                             ROW_CHUNK)
+            t = _table_start(rt_base, offs_m, Nq, shift, Cand, n_cand, empty, k, entries,
+                             ALPHA_MODE, steps, ROW_CHUNK)
         else:
             whole = True
         # read back: the lists' positions depend on t, and a helper's result counts for
@@ -601,7 +602,6 @@ def adasplash_attention_threshold(
             n_live, n_int, unseen = _live_list(rt_base, offs_m, Nq, shift, Cand, n_cand, List,
                                                n_free, t, None, None, am1, 0, ROW_CHUNK)
         tiles = Cand + tl.where(whole, 0, n_tiles_n)
-        entries = Entries + block * (BLOCK_M * 8 * LIST_STRIDE)
         n_list = tl.zeros([BLOCK_M, 8], tl.int32)
         for edge in tl.static_range(2):
             for j in range(n_int if edge else 0, n_live if edge else n_int):
