@@ -16,7 +16,7 @@ import pytest
 import torch
 import triton
 
-from kernels import attention_bwd, attention_fwd, entmax_rows
+from kernels import attention_bwd, attention_fwd, entmax_rows, listing
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 F64 = torch.float64
@@ -312,7 +312,8 @@ def test_mask_descriptor_boxes_with_gqa_and_unequal_lengths(oracle, causal, Nq, 
 def test_attention_table_start(oracle, monkeypatch, alpha):
     """With many candidate tiles per query block, the threshold passes start from the row table's
     tile maxima: a lower bound of tau on every row (no pass run here, none taking tau from the
-    lists), above -1 on most; the passes from there end at the oracle's tau."""
+    lists), above -1 on most; the passes from there end at the oracle's tau. Summed over the
+    table in chunks of 8 key tiles instead of START_CHUNK, the start is the same."""
     q, k, v = _qkv(Hq=2, Nq=80, Nk=1500, scale=0.5)  # 24 key tiles, nearly all candidates
     tau = attention_fwd.attention_forward(q, k, v, None, False, None, alpha)[1]
     monkeypatch.setattr(attention_fwd, "MAX_STEPS", 0)
@@ -324,6 +325,57 @@ def test_attention_table_start(oracle, monkeypatch, alpha):
     torch.testing.assert_close(tau.double(), exact, rtol=0, atol=1e-5)
     assert (start.double() <= exact + 1e-6).all()
     assert (start > -0.99).double().mean() > 0.9
+    monkeypatch.setattr(attention_fwd, "START_CHUNK", triton.language.constexpr(8))
+    chunked = attention_fwd.attention_forward(q, k, v, None, False, None, alpha)[1]
+    torch.testing.assert_close(chunked, start, rtol=0, atol=1e-5)
+
+
+@triton.jit
+def _list_and_resolve(X, T0, Lists, Tau, Solved, n_tiles, k, ALPHA_MODE: triton.language.constexpr,
+                      STEPS: triton.language.constexpr):
+    """``listing.list_entries`` over n_tiles (64 x 64) tiles of x, then ``resolve_lists``."""
+    tl = triton.language
+    rows = tl.arange(0, 64)
+    at = rows[:, None] * 64 + tl.arange(0, 64)[None, :]
+    n_list = tl.zeros([64, 8], tl.int32)
+    for j in range(0, n_tiles):
+        n_list = listing.list_entries(Lists, tl.load(X + j * 4096 + at), n_list)
+    tl.debug_barrier()
+    tau, solved = listing.resolve_lists(Lists, n_list, tl.load(T0 + rows), k, ALPHA_MODE, STEPS)
+    tl.store(Tau + rows, tau)
+    tl.store(Solved + rows, solved.to(tl.int32))
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_listing_resolves_tau_from_its_lists(oracle, alpha):
+    """Rows of 0 to about 190 entries x > 0 spread over 3 tiles, listed by column (8 lists a
+    row) and resolved, z = t0 + x: rows whose lists all fit their LIST_SLOTS slots and whose
+    entries reach f(t0) >= 0 get the oracle's tau of all their z; rows with a list past its
+    slots (overflow) or too little mass above t0 are left unsolved at t0."""
+    n_tiles, slots = 3, listing.LIST_SLOTS.value
+    x = -torch.rand(64, n_tiles * 64, dtype=F64)
+    for r in range(64):  # row r: 3 r entries above t0, at random columns
+        cols = torch.randperm(n_tiles * 64)[: 3 * r]
+        x[r, cols] = torch.rand(len(cols), dtype=F64) * 0.6
+    t0 = -0.9 + 0.3 * torch.rand(64, dtype=F64)
+    lists = torch.full((64, 8, listing.LIST_STRIDE.value), float("nan"), device=DEV)
+    tau = torch.empty(64, device=DEV)
+    solved = torch.empty(64, dtype=torch.int32, device=DEV)
+    tiles = x.float().reshape(64, n_tiles, 64).transpose(0, 1).contiguous().to(DEV)
+    _list_and_resolve[(1,)](tiles, t0.float().to(DEV), lists, tau, solved, n_tiles,
+                            1.0 / (alpha - 1), entmax_rows.alpha_mode(alpha, False),
+                            attention_fwd.RESOLVE_STEPS)
+    x32 = x.float().double()  # the entries as the kernel holds them
+    per_list = (x32 > 0).reshape(64, -1, 8).sum(1)  # column 8 g + c goes to list c
+    mass = (x32.clamp_min(0) ** (1 / (alpha - 1))).sum(-1)
+    fits = (per_list <= slots).all(-1) & (mass >= 1)
+    z = t0.float().double()[:, None] + x32
+    expected = z.amax(-1) - oracle.entmax(z / (alpha - 1), alpha).amax(-1) ** (alpha - 1)
+    solved, tau = solved.cpu().bool(), tau.cpu()
+    assert fits.sum() > 20 and (~fits).sum() > 10 and (per_list > 8).any(-1)[fits].sum() > 5
+    assert torch.equal(solved, fits)
+    torch.testing.assert_close(tau[fits].double(), expected[fits], rtol=0, atol=1e-5)
+    assert torch.equal(tau[~fits], t0.float()[~fits])
 
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
