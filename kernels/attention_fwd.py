@@ -82,7 +82,7 @@ TABLE_STEPS = tl.constexpr(2)
 # per-entry sums are reduced once per update. On an H100 (bf16, causal, D = 128, block sparsity
 # 0 / 0.5 / 0.9) the threshold kernel took 0.91 -> 0.85 / 0.56 -> 0.50 / 0.26 -> 0.25 ms at
 # N = 4k x 4 and 2.46 -> 2.29 / 1.50 -> 1.34 / 0.56 -> 0.54 ms at 16k.
-START_CHUNK = tl.constexpr(32)
+START_CHUNK = 32
 TABLE_START_TILES = tl.constexpr(8)
 # Query rows per program of the dense and the sparse kernel (head dims up to 128; 64 above).
 DENSE_BLOCK_M = 128
@@ -518,6 +518,7 @@ def adasplash_attention_threshold(
     KEY_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr, MAX_STEPS: tl.constexpr, LIST_CHUNK: tl.constexpr,
     STATS: tl.constexpr, LISTING: tl.constexpr, RESOLVE_STEPS: tl.constexpr,
+    START_CHUNK: tl.constexpr,
 ):
     """tau per row: threshold passes, each over the tiles that can hold some z > t. First the
     candidates, the tiles with some z > -1 (all that any t >= -1 needs), go to the first half of
@@ -985,7 +986,7 @@ def attention_forward(q, k, v, attn_mask, is_causal, scale, alpha, head_alpha=No
             ha, row_max, tile_max, row_table, row_ref, live_list, n_cand, tau, stat_buf, entries,
             *q.stride(), *k.stride(), *ms, Hq, Hq // Hkv, Nq, Nk, D, n_tm, n_tn, bh0, scale,
             float(alpha), MAX_STEPS=MAX_STEPS, HISTOGRAM=histogram, LISTING=listing,
-            RESOLVE_STEPS=RESOLVE_STEPS, KEY_TMA=k_tiles is not None,
+            RESOLVE_STEPS=RESOLVE_STEPS, START_CHUNK=START_CHUNK, KEY_TMA=k_tiles is not None,
             MASK_TMA=pass_mask_tma, **threshold_options, **cap,
         )
         launch(adasplash_attention_out)[(n_mb, group)](

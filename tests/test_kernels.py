@@ -15,6 +15,7 @@ import entmax as entmax_pkg
 import pytest
 import torch
 import triton
+import triton.language as tl
 
 from kernels import attention_bwd, attention_fwd, entmax_rows, listing
 
@@ -325,16 +326,15 @@ def test_attention_table_start(oracle, monkeypatch, alpha):
     torch.testing.assert_close(tau.double(), exact, rtol=0, atol=1e-5)
     assert (start.double() <= exact + 1e-6).all()
     assert (start > -0.99).double().mean() > 0.9
-    monkeypatch.setattr(attention_fwd, "START_CHUNK", triton.language.constexpr(8))
+    monkeypatch.setattr(attention_fwd, "START_CHUNK", 8)
     chunked = attention_fwd.attention_forward(q, k, v, None, False, None, alpha)[1]
     torch.testing.assert_close(chunked, start, rtol=0, atol=1e-5)
 
 
 @triton.jit
-def _list_and_resolve(X, T0, Lists, Tau, Solved, n_tiles, k, ALPHA_MODE: triton.language.constexpr,
-                      STEPS: triton.language.constexpr):
+def _list_and_resolve(X, T0, Lists, Tau, Solved, n_tiles, k, ALPHA_MODE: tl.constexpr,
+                      STEPS: tl.constexpr):
     """``listing.list_entries`` over n_tiles (64 x 64) tiles of x, then ``resolve_lists``."""
-    tl = triton.language
     rows = tl.arange(0, 64)
     at = rows[:, None] * 64 + tl.arange(0, 64)[None, :]
     n_list = tl.zeros([64, 8], tl.int32)
