@@ -78,7 +78,7 @@ def _load_slots(Lists, at, n_list, first):
     # loaded in groups of 4 slots (vector loads), those that a list reaches into, the slots past
     # its length masked after: the whole lists, mostly empty, took a tenth of the threshold
     # kernel's time at N = 4k x 4 and block sparsity 0, waiting on their loads (sampled on an
-    # H100; the kernel 0.83 -> 0.79 ms there, 0.25 -> 0.24 at block sparsity 0.9)
+    # H100; 0.83 -> 0.79 ms, timed in two calls whose common baseline took 0.91 in each)
     group = first + (tl.arange(0, 8) // 4 * 4)[None, None, :]
     x = tl.load(Lists + at + slot, mask=group < n_list[:, :, None], other=float("-inf"))
     x = tl.where(slot < n_list[:, :, None], x, float("-inf"))
